@@ -1,0 +1,34 @@
+"""energysplit: energy-aware splitting steepest descent (Wang et al. 2019, arXiv 1910.03103).
+
+Grow a small network by splitting the neurons whose split lowers the loss most per unit of the target
+device's cost. The public API is imported lazily so that ``import energysplit`` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "Registry": "registry",
+    "create_model": "zoo", "list_models": "zoo", "register_model": "zoo", "MODELS": "zoo",
+    "load_dataset": "data", "DataSplits": "data", "DataError": "data",
+    "train": "train", "evaluate": "train", "TrainConfig": "train",
+    "Inventory": "inventory", "Group": "inventory",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'energysplit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
