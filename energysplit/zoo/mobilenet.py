@@ -11,9 +11,9 @@ from . import make_activation, register_model, scale_width
 # (output channels, stride) of the depthwise-separable blocks at width 1.0 (Howard et al. Table 1)
 MOBILENET_V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
                        (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
-# torchvision's (expansion t, channels c, repeats n, stride s), with the first stride-2 stage moved
-# to stride 1 for small images: 28 px -> 28, 28, 14, 7, 7, 4, 4.
-MOBILENET_V2_SETTING = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2],
+# torchvision's (expansion t, channels c, repeats n, stride s) with a stride-1 stem for small images:
+# 28 px -> stem 28, stages 28, 14, 7, 4, 4, 2, 2 (four stride-2 stages, as on ImageNet after the stem).
+MOBILENET_V2_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
                         [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
 
 
