@@ -16,6 +16,7 @@ _API = {
     "load_dataset": "data", "DataSplits": "data", "DataError": "data",
     "train": "train", "evaluate": "train", "TrainConfig": "train",
     "Inventory": "inventory", "Group": "inventory",
+    "build_inventory": "graph",
 }
 
 __all__ = sorted(_API) + ["__version__"]
