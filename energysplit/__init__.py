@@ -17,6 +17,7 @@ _API = {
     "train": "train", "evaluate": "train", "TrainConfig": "train",
     "Inventory": "inventory", "Group": "inventory",
     "build_inventory": "graph",
+    "Plan": "plan", "Split": "plan", "Remove": "plan", "apply_plan_": "surgery",
 }
 
 __all__ = sorted(_API) + ["__version__"]
