@@ -18,6 +18,7 @@ _API = {
     "Inventory": "inventory", "Group": "inventory",
     "build_inventory": "graph",
     "Plan": "plan", "Split": "plan", "Remove": "plan", "apply_plan_": "surgery",
+    "save_model": "archive", "load_model": "archive", "build_model": "archive",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -88,7 +88,51 @@ def run_train(args) -> int:
     return 0
 
 
-COMMANDS = [add_models, add_train]
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="print a model's neuron groups: width, splittable or why not")
+    p.add_argument("model", help="zoo name, torchvision:<name> (random weights), package.module:factory, "
+                                 "or a saved model archive")
+    p.add_argument("--input-shape", help="input shape without the batch dim, e.g. 1,28,28 (default: "
+                                         "1,28,28 for zoo models, 3,224,224 otherwise; an archive's own)")
+    p.add_argument("--kwargs", default="{}", help='constructor arguments as JSON, e.g. \'{"width": 0.5}\'')
+    p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    p.set_defaults(func=run_inspect)
+
+
+def run_inspect(args) -> int:
+    from pathlib import Path
+
+    from .archive import build_model, load_model
+    from .graph import build_inventory
+
+    if Path(args.model).is_file():
+        model, record = load_model(args.model)
+        shape = record["input_shape"]
+    else:
+        model = build_model({"name": args.model, "kwargs": json.loads(args.kwargs)})
+        shape = (1, 28, 28) if ":" not in args.model else (3, 224, 224)
+    if args.input_shape:
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+        except ValueError:
+            raise ValueError(f"--input-shape must be comma-separated ints like 1,28,28, got {args.input_shape!r}")
+    inv = build_inventory(model, shape)
+    if args.json:
+        print(json.dumps([g.to_dict() for g in inv], indent=2))
+        return 0
+    rows = [(g.id, str(g.width), ",".join(op.act or op.kind for op in g.chain),
+             "splittable" if g.splittable else ("prunable only: " if g.prunable else "frozen: ") + g.reason)
+            for g in inv]
+    header = ("group", "width", "chain", "status")
+    sizes = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    for r in [header] + rows:
+        print(f"{r[0]:<{sizes[0]}}  {r[1]:>{sizes[1]}}  {r[2]:<{sizes[2]}}  {r[3]}")
+    print(f"{len(inv)} groups on input {tuple(shape)}: {len(inv.splittable())} splittable, "
+          f"{len(inv.prunable())} prunable, {sum(not g.prunable for g in inv)} frozen")
+    return 0
+
+
+COMMANDS = [add_models, add_train, add_inspect]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -172,3 +172,21 @@ def test_tracing_leaves_bn_statistics_and_mode_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     build_inventory(model, (1, 28, 28))
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_inspect_cli_prints_groups(capsys):
+    from energysplit.cli import main
+
+    assert main(["inspect", "mobilenet_v2", "--input-shape", "1,28,28"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in lines if line.startswith("features.3.conv.0.0:out"))
+    assert row[1:] == ["144", "bn,relu6,dw,bn,relu6", "splittable"]
+    assert any(line.startswith("features.2.conv.2:out") and "prunable only: residual-coupled" in line for line in lines)
+    assert any(line.startswith("classifier.1:out") and "frozen: model output" in line for line in lines)
+    assert main(["inspect", "torchvision:resnet18", "--input-shape", "3,32,32", "--json"]) == 0
+    import json
+
+    groups = json.loads(capsys.readouterr().out)
+    assert groups[-1]["id"] == "fc:out" and groups[-1]["width"] == 1000
+    assert main(["inspect", "mobilenet_v2", "--input-shape", "1,x"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
