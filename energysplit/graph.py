@@ -31,7 +31,8 @@ class _Seg:
     width: int
     repeat: int = 1
     chain: tuple[ChainOp, ...] = ()
-    exact: bool = True
+    exact: bool = True  # False once a non-channel-wise op (product, sum of branches) was met
+    pooled: bool = False  # True after a spatial op (pooling): later chain ops would not be per-position
 
 
 def build_inventory(model: nn.Module, input_shape) -> Inventory:
@@ -158,7 +159,7 @@ class _Builder:
         return self.finish(input_shape)
 
     def arg_state(self, node: fx.Node, i: int = 0):
-        arg = node.args[i] if len(node.args) > i else None
+        arg = node.args[i] if len(node.args) > i else node.kwargs.get("input") if i == 0 else None
         return self.state.get(arg) if isinstance(arg, fx.Node) else None
 
     def call_module(self, node: fx.Node) -> None:
@@ -184,7 +185,7 @@ class _Builder:
             act = ops.ACT_MODULES.get(type(m)) or next(v for t, v in ops.ACT_MODULES.items() if isinstance(m, t))
             self.state[node] = self.extend(x, ChainOp("act", name, act))
         elif isinstance(m, ops.TRANSPARENT_MODULES):
-            self.state[node] = x
+            self.state[node] = self.spatial(node, x)
         elif isinstance(m, nn.Flatten):
             self.reshape(node, x, kind)
         elif any(True for _ in m.parameters()):
@@ -223,9 +224,15 @@ class _Builder:
 
     @staticmethod
     def extend(x, op: ChainOp | None):
-        if op is None:
-            return tuple(replace(s, exact=False) for s in x)
-        return tuple(replace(s, chain=s.chain + (op,)) for s in x)
+        """Append a channel-wise op to the chains (None: a non-channel-wise op ends exactness)."""
+        return tuple(replace(s, exact=False) if op is None or s.pooled or not s.exact
+                     else replace(s, chain=s.chain + (op,)) for s in x)
+
+    @staticmethod
+    def spatial(node: fx.Node, x):
+        """A channel-transparent op; if it changes the spatial grid (pooling) mark the segments pooled."""
+        same = _shape(node)[2:] == _shape(node.args[0] if node.args else node.kwargs["input"])[2:]
+        return x if same else tuple(replace(s, pooled=True) for s in x)
 
     def call_function(self, node: fx.Node) -> None:
         t, method = node.target, node.op == "call_method"
@@ -243,7 +250,7 @@ class _Builder:
             self.state[node] = self.extend(x, ChainOp("act", name, acts[t]))
         elif x is not None and (t in ops.TRANSPARENT_METHODS if method else
                                 (t in ops.TRANSPARENT_FUNCTIONS or name in ops.TRANSPARENT_NAMES)):
-            self.state[node] = x
+            self.state[node] = self.spatial(node, x)
         elif t in (ops.ADD_METHODS if method else ops.ADD_OPS):
             self.binary(node, name, mul=False)
         elif t in (ops.MUL_METHODS if method else ops.MUL_OPS):
@@ -256,20 +263,20 @@ class _Builder:
             dims = [dims] if isinstance(dims, int) else dims
             if dims is None or any(d % ndim in (0, 1) for d in dims):
                 raise self.fail(name, "reduces over the batch or channel dim")
-            self.state[node] = x
+            self.state[node] = self.spatial(node, x)
         elif not method and t in ops.CAT_FUNCTIONS:
             self.cat(node, name)
         elif not method and t is F.pad and x is not None:
             pad = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
             if len(pad) > 2 * (len(_shape(node)) - 2):
                 raise self.fail(name, "pads the channel dim")
-            self.state[node] = x
+            self.state[node] = self.spatial(node, x)
         elif t is operator.getitem and x is not None:
             idx = node.args[1]
             full = slice(None)
             if not (isinstance(idx, tuple) and len(idx) >= 2 and idx[0] == full and idx[1] == full):
                 raise self.fail(name, "indexes the batch or channel dim")
-            self.state[node] = x
+            self.state[node] = self.spatial(node, x)
         else:
             raise self.fail(name, "mixes or reorders channels in a way energysplit cannot map")
 
@@ -300,7 +307,7 @@ class _Builder:
                 self.gates.add(o.key)  # squeeze-excitation gate: its producer follows the main group
             self.union(s.key, o.key)
         same = all(s.chain == o.chain for s, o in zip(main, other))
-        self.state[node] = tuple(replace(s, exact=False) if gate or not same else s for s in main)
+        self.state[node] = tuple(replace(s, exact=False) if mul or not same else s for s in main)
 
     def reshape(self, node: fx.Node, x, name: str) -> None:
         si, so = _shape(node.args[0]), _shape(node)

@@ -114,20 +114,22 @@ def _columns(in_dim: int, cols) -> tuple[list[int], list[float]]:
     return index, scale
 
 
+def _take(t: torch.Tensor, index: list[int], dim: int = 0) -> torch.Tensor:
+    return t.index_select(dim, torch.as_tensor(index, device=t.device))
+
+
 def _param(new: torch.Tensor, old: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(new.contiguous().clone(), requires_grad=old.requires_grad)
 
 
 def _edit_module(m: nn.Module, name: str, row, cols) -> None:
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        idx = torch.tensor(row[0].index, device=m.running_mean.device if m.running_mean is not None else None)
-        for attr in ("weight", "bias"):
-            if getattr(m, attr) is not None:
-                setattr(m, attr, _param(getattr(m, attr)[idx.to(getattr(m, attr).device)], getattr(m, attr)))
-        for attr in ("running_mean", "running_var"):
-            if getattr(m, attr) is not None:
-                setattr(m, attr, getattr(m, attr)[idx].clone())
-        m.num_features = len(idx)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):  # duplicated unscaled
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            old = getattr(m, attr)
+            if old is not None:
+                new = _take(old.detach(), row[0].index)
+                setattr(m, attr, _param(new, old) if isinstance(old, nn.Parameter) else new.clone())
+        m.num_features = len(row[0].index)
         return
     conv = isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
     if not (conv or isinstance(m, nn.Linear)):
@@ -136,16 +138,15 @@ def _edit_module(m: nn.Module, name: str, row, cols) -> None:
     weight, bias = m.weight.detach(), None if m.bias is None else m.bias.detach()
     if row is not None:
         edit, producer = row
-        idx = torch.tensor(edit.index, device=weight.device)
-        weight = weight[idx].clone()
+        weight = _take(weight, edit.index)
         if producer:  # +-eps*v in the original input coordinates, before the columns expand
             for j, eps, v in edit.perturb:
                 weight[j] += eps * v.to(weight)
-        bias = None if bias is None else bias[idx]
+        bias = None if bias is None else _take(bias, edit.index)
     if cols:
         index, scale = _columns(weight.shape[1], cols)
         shape = (1, -1) + (1,) * (weight.dim() - 2)
-        weight = weight[:, torch.tensor(index, device=weight.device)] * torch.tensor(scale).to(weight).view(shape)
+        weight = _take(weight, index, 1) * torch.tensor(scale).to(weight).view(shape)
     m.weight = _param(weight, m.weight)
     if bias is not None:
         m.bias = _param(bias, m.bias)

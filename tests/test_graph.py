@@ -190,3 +190,20 @@ def test_inspect_cli_prints_groups(capsys):
     assert groups[-1]["id"] == "fc:out" and groups[-1]["width"] == 1000
     assert main(["inspect", "mobilenet_v2", "--input-shape", "1,x"]) == 2
     assert "--input-shape" in capsys.readouterr().err
+
+
+def test_chain_stops_at_pooling_inside_it_and_at_products():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 1)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            y = F.relu(self.bn(F.max_pool2d(self.a(x), 2)))  # pooling between the conv and its BN
+            z = torch.tanh(self.b(y))
+            return self.head((z * z).mean((2, 3)))  # a product: not channel-wise
+
+    inv = build_inventory(Net(), (3, 10, 10))
+    assert inv["a:out"].chain == () and inv["a:out"].followers == ("bn",) and inv["a:out"].reason.startswith("note:")
+    assert kinds(inv["b:out"]) == [("act", "tanh")] and inv["b:out"].reason.startswith("note:")
