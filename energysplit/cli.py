@@ -132,7 +132,71 @@ def run_inspect(args) -> int:
     return 0
 
 
-COMMANDS = [add_models, add_train, add_inspect]
+def add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="compress a model to a device budget (splitting or a pruning baseline)",
+                       description="Compress MODEL to the budget of --target; with no MODEL (or --demo) train the "
+                                   "built-in default (MobileNetV2 x0.5 on Fashion-MNIST) first.")
+    p.add_argument("model", nargs="?", help="an energysplit archive (.es), a state dict (.pt, with --arch), "
+                                             "or a pickled module (only with --trust-pickle)")
+    p.add_argument("--demo", action="store_true", help="run the built-in default (ignores MODEL)")
+    p.add_argument("--arch", help="architecture of a state dict: a zoo name or torchvision:<name>")
+    p.add_argument("--width", type=float, help="width multiplier of --arch")
+    p.add_argument("--act", help="activation of --arch")
+    p.add_argument("--target", help="device target (see `energysplit targets`; default mobile)")
+    p.add_argument("--budget", help="in the target's unit (2.5mJ, 0.4ms, 120M MACs) or a fraction of the "
+                                    "input model's cost (default 0.5)")
+    p.add_argument("--method", help="splitting (default) or a baseline: l1, taylor, slimming, random, uniform, "
+                                    "uniform-scratch")
+    p.add_argument("--data", help="fashion-mnist (default), digits, or an ImageFolder directory")
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    p.add_argument("--subset", type=int, help="use only the first N training images")
+    p.add_argument("--out", help="output directory (default runs/compress)")
+    p.add_argument("--epochs", type=float, help="fine-tuning epochs, the same budget for every method (default 2)")
+    p.add_argument("--base-epochs", type=float, help="epochs to train the default model in --demo (default 2)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="JSON file of these options; flags given here override it")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a full pickled model (runs code from the file: only for files you trust)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_compress)
+
+
+def run_compress(args) -> int:
+    import shlex
+
+    from .compress import DEMO, CompressConfig
+
+    options = {k: getattr(args, k) for k in ("model", "arch", "width", "act", "target", "budget", "method", "data",
+                                             "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
+                                             "seed")}
+    options.update(resume=args.resume or None, force=args.force or None, trust_pickle=args.trust_pickle or None,
+                   progress=False if args.no_progress else None)
+    if args.demo or not args.model:
+        options["model"] = None
+        options = {**{k: v for k, v in DEMO.items()}, **{k: v for k, v in options.items() if v is not None}}
+    if args.config:
+        config = CompressConfig.from_file(args.config, **options)
+    else:
+        config = CompressConfig(**{k: v for k, v in options.items() if v is not None})
+    from .compress import compress
+
+    command = "energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = compress(config, command=command)
+    b, a, budget = report["before"], report["after"], report["budget"]
+    print(f"\n{'':<24}{'before':>14}{'after':>14}")
+    for key in b:
+        fmt = (lambda v: f"{v:>14.4f}") if isinstance(b[key], float) and abs(b[key]) < 10 else (lambda v: f"{v:>14,.0f}")
+        print(f"{key:<24}{fmt(b[key])}{fmt(a[key])}")
+    print(f"\nbudget {budget['budget']:.4g} {budget['unit']} on {budget['target']}; outputs in {config.out}/ "
+          "(report.md, model.es, model.onnx)")
+    return 0
+
+
+COMMANDS = [add_models, add_train, add_inspect, add_compress]
 
 
 def build_parser() -> argparse.ArgumentParser:

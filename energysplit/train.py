@@ -9,6 +9,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -104,8 +105,12 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), val: Dataset | None = None,
-          sampler: Sampler | None = None, desc: str = "train") -> TrainResult:
-    """Train ``model`` in place for ``config.epochs`` (fractions allowed) and return a record."""
+          sampler: Sampler | None = None, desc: str = "train",
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainResult:
+    """Train ``model`` in place for ``config.epochs`` (fractions allowed) and return a record.
+
+    ``penalty(model)``, if given, is added to the loss (e.g. network slimming's L1 on BN scales).
+    """
     seed_everything(config.seed)
     start = time.perf_counter()
     device = model_device(model)
@@ -130,6 +135,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps)
         loss = criterion(model(x.to(device)), y.to(device))
+        if penalty is not None:
+            loss = loss + penalty(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,217 @@
+"""The growth loop of energy-aware splitting steepest descent (Wang et al. 2019, arXiv 1910.03103, Alg. 1).
+
+    repeat: score (splitting eigenpairs) -> costs T_i (target's marginal costs) -> select under the step
+            budget -> split with eps -> fine-tune
+    until the next step would pass the budget; then a final fine-tune.
+
+Every completed step is checkpointed atomically (model archive + step log), so an interrupted run
+resumes from its last completed step with ``resume=True`` and reaches the same result.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .activations import CurvatureConfig
+from .data import DataSplits
+from .errors import BudgetError
+from .inventory import Inventory
+from .io import atomic_write_json
+from .plan import Plan
+from .train import TrainConfig, evaluate, seed_everything, train
+
+
+@dataclass(frozen=True)
+class GrowConfig:
+    """Growth recipe. Reference: growth x1.4-2.4 per step, eps 0.1 (MobileNetV2), LP threshold 0.9."""
+
+    step_growth: float = 1.4  # each step may raise the cost by at most this factor
+    eps: float = 0.1
+    selector: str = "lp"
+    threshold: float = 0.9
+    solver: str = "fast"
+    score_samples: int = 2048  # training images used to score each step
+    max_steps: int = 10
+    finetune: TrainConfig = TrainConfig(epochs=0.5)  # after each split step
+    final_finetune: TrainConfig = TrainConfig(epochs=1.0)
+    curvature: CurvatureConfig = CurvatureConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.step_growth <= 1.0:
+            raise ValueError(f"step_growth must be > 1, got {self.step_growth}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.score_samples < 1 or self.max_steps < 1:
+            raise ValueError("score_samples and max_steps must be >= 1")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    cost_before: float
+    cost_after: float
+    unit: str
+    step_budget: float
+    neurons_split: int
+    split_per_group: dict
+    predicted_loss_change: float
+    val_accuracy: float
+    val_loss: float
+    score_seconds: float
+    select_seconds: float
+    train_seconds: float
+    note: str = ""
+
+
+@dataclass
+class GrowResult:
+    model: nn.Module
+    inventory: Inventory
+    steps: list[StepRecord] = field(default_factory=list)
+    final_cost: float = 0.0
+    stop_reason: str = ""
+
+
+def _score_batches(data: DataSplits, samples: int, batch_size: int, seed: int) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    n = min(samples, len(data.train))
+    idx = torch.randperm(len(data.train), generator=gen)[:n].tolist()
+    xs, ys = zip(*(data.train[i] for i in idx))
+    x, y = torch.stack(xs), torch.as_tensor(ys)
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input_shape, limit: float):
+    """The longest prefix of ``ops`` (best first) whose applied cost stays within ``limit``.
+
+    Marginal costs are first-order: splitting a layer and its consumer in one step adds a cross term,
+    so the applied plan is costed exactly (``estimator.predict`` on a copy) and trimmed by bisection.
+    """
+    from .surgery import apply_plan_
+
+    def cost_of(k: int) -> float:
+        trial = copy.deepcopy(model)
+        apply_plan_(trial, inventory, Plan(ops[:k]))
+        return estimator.predict(trial, input_shape).total
+
+    lo, hi = 0, len(ops)
+    if hi and cost_of(hi) <= limit:
+        return ops
+    while lo < hi - 1:
+        mid = (lo + hi) // 2
+        if cost_of(mid) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return ops[:lo]
+
+
+class Checkpoint:
+    """``DIR/state.json`` (the step log) + ``DIR/model.es`` (the archive), each written atomically."""
+
+    def __init__(self, directory: str | Path, arch: dict, input_shape):
+        self.dir, self.arch, self.input_shape = Path(directory), arch, tuple(input_shape)
+
+    def save(self, model, steps: list[StepRecord], phase: str) -> None:
+        from .archive import save_model
+
+        save_model(model, self.dir / "model.es", self.arch, self.input_shape)
+        atomic_write_json(self.dir / "state.json", {"phase": phase, "steps": [asdict(s) for s in steps]})
+
+    def load(self):
+        from .archive import load_model
+
+        state_path = self.dir / "state.json"
+        if not state_path.exists():
+            return None
+        state = json.loads(state_path.read_text())
+        model, _ = load_model(self.dir / "model.es")
+        return model, [StepRecord(**s) for s in state["steps"]], state["phase"]
+
+
+def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: GrowConfig = GrowConfig(),
+         inventory: Inventory | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
+         log: Callable[[str], None] = print) -> GrowResult:
+    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget``."""
+    from .eigen import splitting_scores
+    from .graph import build_inventory
+    from .surgery import apply_plan_
+
+    input_shape = data.input_shape
+    steps: list[StepRecord] = []
+    phase = "grow"
+    if resume and checkpoint is not None and (restored := checkpoint.load()) is not None:
+        model, steps, phase = restored
+        log(f"resumed from {checkpoint.dir} after step {len(steps)} ({phase})")
+    inventory = build_inventory(model, input_shape) if (inventory is None or resume) else inventory
+    cost = estimator.predict(model, input_shape).total
+    unit = estimator.unit
+    if cost > budget:
+        raise BudgetError(f"the seed already costs {cost:.4g} {unit}, over the budget {budget:.4g} {unit}; "
+                          "shrink the seed further")
+    stop = "done" if phase == "final" else ""
+    while phase == "grow" and len(steps) < config.max_steps:
+        step = len(steps) + 1
+        step_limit = min(budget, cost * config.step_growth)
+        if step_limit - cost <= 0:
+            stop = "budget reached"
+            break
+        t0 = time.perf_counter()
+        batches = _score_batches(data, config.score_samples, 64, config.seed * 1000 + step)
+        seed_everything(config.seed * 1000 + step)
+        scores = splitting_scores(model, batches, inventory, config.solver, config.curvature)
+        t1 = time.perf_counter()
+        marginal = estimator.marginal_costs(model, inventory, input_shape)
+        costs = {gid: marginal[gid].add for gid in scores}
+        ops = select_splits(scores, costs, step_limit - cost, config)
+        ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit)
+        t2 = time.perf_counter()
+        if not ops:
+            stop = "no neuron with a negative splitting index fits the remaining budget"
+            break
+        lambdas = [float(scores[op.group].eigvals[op.channel]) for op in ops]
+        inventory = apply_plan_(model, inventory, Plan(ops))
+        new_cost = estimator.predict(model, input_shape).total
+        ft = replace(config.finetune, seed=config.seed * 1000 + step)
+        result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
+        per_group: dict[str, int] = {}
+        for op in ops:
+            per_group[op.group] = per_group.get(op.group, 0) + 1
+        record = StepRecord(step, cost, new_cost, unit, step_limit - cost, len(ops), per_group,
+                            0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
+                            t1 - t0, t2 - t1, result.seconds)
+        steps.append(record)
+        log(f"step {step}: split {len(ops)} neurons in {len(per_group)} groups, cost {cost:.4g} -> "
+            f"{new_cost:.4g} {unit} (budget {budget:.4g}), val acc {result.val_accuracy:.4f}, "
+            f"scoring {t1 - t0:.1f} s, training {result.seconds:.1f} s")
+        cost = new_cost
+        if checkpoint is not None:
+            checkpoint.save(model, steps, "grow")
+    else:
+        stop = stop or ("done" if phase == "final" else "max steps reached")
+    if phase == "grow":
+        if config.final_finetune.epochs > 0:
+            ft = replace(config.final_finetune, seed=config.seed * 1000 + 999)
+            res = train(model, data.train, ft, val=data.val, desc="final fine-tune")
+            log(f"final fine-tune: {ft.epochs:g} epochs, val acc {res.val_accuracy:.4f}")
+        if checkpoint is not None:
+            checkpoint.save(model, steps, "final")
+        inventory = build_inventory(model, input_shape)
+    return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
+
+
+def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig) -> list:
+    """Split ops chosen under ``step_budget``, best (most loss decrease per cost) first."""
+    from .selection import select
+
+    selection = select(scores, costs, step_budget, rule=config.selector, eps=config.eps,
+                       threshold=config.threshold)
+    return list(selection.plan.ops)

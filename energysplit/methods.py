@@ -1,0 +1,209 @@
+"""Compression methods, registered by name: energy-aware splitting and the pruning baselines.
+
+Every method takes the same trained model, data, target and budget, and the same total fine-tuning
+budget (``epochs``); they differ only in how they score and select channels. Surgery, fine-tuning and
+evaluation are shared, so the comparison is like for like.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from .data import DataSplits
+from .errors import BudgetError
+from .registry import Registry
+from .train import TrainConfig, train
+
+METHODS = Registry("method")
+
+
+@dataclass
+class MethodContext:
+    """What every method gets: data, the target's estimator, the budget in its unit, and the recipe."""
+
+    data: DataSplits
+    estimator: object
+    budget: float
+    train: TrainConfig  # the total fine-tuning budget: train.epochs is shared by all of a method's phases
+    arch: dict = field(default_factory=dict)  # how to rebuild the model (for uniform-scratch and archives)
+    seed: int = 0
+    prune_min_fraction: float = 0.1
+    score_batches: int = 8
+    workdir: Path | None = None  # checkpoints (splitting)
+    resume: bool = False
+    log: Callable[[str], None] = print
+    records: dict = field(default_factory=dict)  # what a method reports back (e.g. its growth steps)
+
+    @property
+    def input_shape(self):
+        return self.data.input_shape
+
+
+def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "fine-tune"):
+    if epochs <= 0:
+        return None
+    return train(model, ctx.data.train, replace(ctx.train, epochs=epochs, seed=ctx.seed), val=ctx.data.val, desc=desc)
+
+
+def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None, cost_aware: bool = False):
+    from .graph import build_inventory
+    from .pruning import PruneConfig, prune_to_budget_
+
+    inventory = build_inventory(model, ctx.input_shape)
+    scores = importance_fn(model, inventory)
+    from .importance import normalise_per_group
+
+    cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=cost_aware)
+    inventory, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
+                                         ctx.input_shape, normalise_per_group(scores), cfg)
+    ctx.log(f"pruned {sum(result.removed.values())} channels in {result.rounds} rounds: "
+            f"{result.start_cost:.4g} -> {result.final_cost:.4g} {result.unit}")
+    return inventory
+
+
+def _taylor_batches(ctx: MethodContext):
+    from .grow import _score_batches
+
+    return _score_batches(ctx.data, 64 * ctx.score_batches, 64, ctx.seed)
+
+
+def _importance(name: str, ctx: MethodContext):
+    from . import importance as imp
+
+    if name == "l1":
+        return imp.l1_importance
+    if name == "random":
+        return lambda m, inv: imp.random_importance(m, inv, ctx.seed)
+    if name == "taylor":
+        return lambda m, inv: imp.taylor_importance(m, inv, _taylor_batches(ctx))
+    if name == "slimming":
+        return imp.slimming_importance
+    raise KeyError(name)
+
+
+def _register_pruner(name: str, doc: str):
+    def method(model: nn.Module, ctx: MethodContext) -> nn.Module:
+        _prune(model, ctx, _importance(name, ctx))
+        _finetune(model, ctx, ctx.train.epochs)
+        return model
+
+    method.__doc__ = doc
+    METHODS.register(name, method)
+
+
+_register_pruner("l1", "L1-norm filter pruning (Li et al., ICLR 2017), global with per-group normalisation.")
+_register_pruner("taylor", "First-order Taylor importance (Molchanov et al., CVPR 2019).")
+_register_pruner("random", "Random channels (a sanity floor for every criterion).")
+
+
+@METHODS.register("slimming")
+def slimming(model: nn.Module, ctx: MethodContext) -> nn.Module:
+    """Network slimming (Liu et al., ICCV 2017): L1 on BN scales for a third of the epochs, prune by
+    |gamma|, fine-tune for the rest (the sparsity training counts against the same budget)."""
+    from .graph import build_inventory
+    from .importance import slimming_penalty
+
+    inventory = build_inventory(model, ctx.input_shape)
+    sparse_epochs = ctx.train.epochs / 3
+    if sparse_epochs > 0:
+        train(model, ctx.data.train, replace(ctx.train, epochs=sparse_epochs, seed=ctx.seed), desc="sparsity training",
+              penalty=slimming_penalty(model, inventory))
+    _prune(model, ctx, _importance("slimming", ctx))
+    _finetune(model, ctx, ctx.train.epochs - sparse_epochs)
+    return model
+
+
+def uniform_fraction(model, ctx: MethodContext, resize: Callable[[float], nn.Module]) -> tuple[float, nn.Module]:
+    """The largest width fraction f (bisection) whose model ``resize(f)`` fits the budget."""
+    lo, hi = 0.0, 1.0
+    best = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        candidate = resize(mid)
+        if ctx.estimator.predict(candidate, ctx.input_shape).total <= ctx.budget:
+            lo, best = mid, candidate
+        else:
+            hi = mid
+    if best is None:
+        raise BudgetError(f"budget {ctx.budget:.4g} {ctx.estimator.unit} is unreachable by uniform width scaling")
+    return lo, best
+
+
+@METHODS.register("uniform")
+def uniform(model: nn.Module, ctx: MethodContext) -> nn.Module:
+    """Uniform width scaling from the trained weights: every prunable group keeps the same fraction
+    of its channels (its largest-L1 filters), then fine-tune."""
+    import copy
+
+    from .graph import build_inventory
+    from .importance import l1_importance
+    from .plan import Plan, Remove
+    from .surgery import apply_plan_
+
+    inventory = build_inventory(model, ctx.input_shape)
+    scores = l1_importance(model, inventory)
+
+    def resize(f: float) -> nn.Module:
+        trial = copy.deepcopy(model)
+        ops = []
+        for g in inventory.prunable():
+            keep = max(1, round(f * g.width))
+            if keep < g.width:
+                drop = scores[g.id].argsort()[: g.width - keep].tolist()
+                ops.append(Remove(g.id, tuple(sorted(drop))))
+        apply_plan_(trial, inventory, Plan(ops))
+        return trial
+
+    f, pruned = uniform_fraction(model, ctx, resize)
+    ctx.log(f"uniform width fraction {f:.3f}")
+    model = pruned
+    _finetune(model, ctx, ctx.train.epochs)
+    return model
+
+
+@METHODS.register("uniform-scratch")
+def uniform_scratch(model: nn.Module, ctx: MethodContext) -> nn.Module:
+    """Uniform width multiplier, trained from scratch with the same epochs (zoo architectures only)."""
+    from .zoo import MODELS, create_model
+
+    name = ctx.arch.get("name")
+    if name not in MODELS:
+        raise BudgetError("uniform-scratch needs a zoo architecture (--arch)")
+    kwargs = {k: v for k, v in ctx.arch.get("kwargs", {}).items() if k != "width"}
+    base_width = ctx.arch.get("kwargs", {}).get("width", 1.0)
+    f, small = uniform_fraction(model, ctx, lambda f: create_model(name, width=max(f, 1e-3) * base_width, **kwargs))
+    ctx.log(f"uniform width multiplier {f * base_width:.3f} from scratch")
+    _finetune(small, ctx, ctx.train.epochs, desc="train from scratch")
+    return small
+
+
+@METHODS.register("splitting")
+def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.5, seed_method: str = "l1") -> nn.Module:
+    """Energy-aware splitting (METHOD.md section 5): shrink the trained model to a seed costing
+    ``seed_fraction`` of the budget (L1 pruning, keeping weights), then grow it back to the budget by
+    energy-aware splitting. Fine-tuning epochs: 20% after seeding, 40% over the growth steps, 40% final."""
+    from .grow import Checkpoint, GrowConfig, grow
+
+    seed_budget = seed_fraction * ctx.budget
+    steps = max(1, math.ceil(math.log(1 / seed_fraction) / math.log(1.4) - 1e-9))
+    epochs = ctx.train.epochs
+    resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "state.json").exists()
+    if not resumed:
+        _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget)
+        _finetune(model, ctx, 0.2 * epochs, desc="seed fine-tune")
+    config = GrowConfig(step_growth=1.4, max_steps=steps + 2, seed=ctx.seed,
+                        finetune=replace(ctx.train, epochs=0.4 * epochs / steps),
+                        final_finetune=replace(ctx.train, epochs=0.4 * epochs))
+    checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
+    result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint, resume=resumed,
+                  log=ctx.log)
+    ctx.log(f"growth stopped: {result.stop_reason}")
+    from dataclasses import asdict
+
+    ctx.records["growth_steps"] = [asdict(s) for s in result.steps]
+    ctx.records["stop_reason"] = result.stop_reason
+    return result.model

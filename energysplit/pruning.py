@@ -1,0 +1,98 @@
+"""Prune a network down to a budget in the target's units, by any channel-importance criterion.
+
+Global ranking across layers (importance normalised per group, optionally divided by the channel's
+saving for a cost-aware order), per-group minimum widths, and rounds that refresh the target's marginal
+savings so the final cost lands within one channel's saving under the budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import BudgetError
+from .inventory import Inventory
+from .plan import Plan, Remove
+from .surgery import apply_plan_
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    min_fraction: float = 0.1  # every group keeps at least this fraction of its starting width
+    min_channels: int = 2
+    cost_aware: bool = False  # rank by importance / saving instead of importance
+    max_rounds: int = 50
+
+    def __post_init__(self):
+        if not 0 <= self.min_fraction <= 1 or self.min_channels < 1:
+            raise ValueError("min_fraction must be in [0, 1] and min_channels >= 1")
+
+
+@dataclass
+class PruneResult:
+    start_cost: float
+    final_cost: float
+    budget: float
+    unit: str
+    removed: dict[str, int]
+    rounds: int
+
+
+def min_widths(inventory: Inventory, config: PruneConfig) -> dict[str, int]:
+    return {g.id: min(g.width, max(config.min_channels, math.ceil(config.min_fraction * g.width)))
+            for g in inventory}
+
+
+def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: float, input_shape,
+                     importance: dict[str, torch.Tensor], config: PruneConfig = PruneConfig(),
+                     floor: dict[str, int] | None = None) -> tuple[Inventory, PruneResult]:
+    """Remove the least important channels until ``estimator.predict`` is at most ``budget``.
+
+    ``importance`` maps prunable group ids to per-channel scores (higher = keep); it is consumed.
+    Raises BudgetError when the minimum widths cannot reach the budget.
+    """
+    floor = floor or min_widths(inventory, config)
+    scores = {k: v.clone().double() for k, v in importance.items()}
+    start = cost = estimator.predict(model, input_shape).total
+    removed: dict[str, int] = {}
+    rounds = 0
+    while cost > budget:
+        if rounds >= config.max_rounds:
+            raise BudgetError(f"pruning did not converge to {budget:.4g} {estimator.unit} in {rounds} rounds")
+        rounds += 1
+        saving = estimator.marginal_costs(model, inventory, input_shape)
+        candidates = []
+        for gid, score in scores.items():
+            group = inventory[gid]
+            s = saving[gid].remove
+            if group.width <= floor[gid] or not (s > 0):
+                continue
+            for channel in range(group.width):
+                key = float(score[channel]) / (s if config.cost_aware else 1.0)
+                candidates.append((key, gid, channel, s))
+        if not candidates:
+            raise BudgetError(f"budget {budget:.4g} {estimator.unit} is unreachable by pruning: the minimum widths "
+                              f"already cost {cost:.4g} {estimator.unit}; lower --min-fraction or raise the budget")
+        candidates.sort()
+        chosen: dict[str, list[int]] = {}
+        left = {gid: inventory[gid].width - floor[gid] for gid in scores}
+        excess = cost - budget
+        for _, gid, channel, s in candidates:
+            if excess <= 0:
+                break
+            if left[gid] <= 0:
+                continue
+            chosen.setdefault(gid, []).append(channel)
+            left[gid] -= 1
+            excess -= s
+        plan = Plan([Remove(gid, tuple(sorted(chs))) for gid, chs in chosen.items()])
+        inventory = apply_plan_(model, inventory, plan)
+        for gid, chs in chosen.items():
+            keep = torch.ones(len(scores[gid]), dtype=torch.bool)
+            keep[chs] = False
+            scores[gid] = scores[gid][keep]
+            removed[gid] = removed.get(gid, 0) + len(chs)
+        cost = estimator.predict(model, input_shape).total
+    return inventory, PruneResult(start, cost, budget, estimator.unit, removed, rounds)

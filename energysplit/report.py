@@ -1,0 +1,137 @@
+"""The outputs of ``energysplit compress``: archive, checked ONNX, report.json/.md, steps.csv, growth.png,
+config.json. Everything is written into a staging directory first and then moved into place, with
+report.json last, so a directory either has a complete report or none."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .io import atomic_write_json, atomic_write_text
+
+
+def layer_widths(model, input_shape) -> dict[str, int]:
+    from .graph import build_inventory
+
+    return build_inventory(model, input_shape).widths()
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {"energysplit": __import__("energysplit").__version__, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(report: dict) -> str:
+    b, a = report["before"], report["after"]
+    lines = [f"# energysplit compress report", "",
+             f"- command: `{report['command']}`",
+             f"- method: **{report['config']['method']}**, target **{report['budget']['target']}**, budget "
+             f"{report['budget']['budget']:.4g} {report['budget']['unit']} "
+             f"({report['budget']['budget'] / report['budget']['base_cost']:.0%} of the input model)",
+             f"- data: {report['data']['name']} ({report['data']['train']} train / {report['data']['val']} val / "
+             f"{report['data']['test']} test images)",
+             f"- time: {report['seconds']['total']:.0f} s in all, {report['seconds']['method']:.0f} s compressing",
+             "", "| metric | before | after | ratio |", "|---|---|---|---|"]
+    for key in b:
+        ratio = a[key] / b[key] if isinstance(b[key], (int, float)) and b[key] else float("nan")
+        lines.append(f"| {key} | {_fmt(b[key])} | {_fmt(a[key])} | {ratio:.3f} |")
+    lines += ["", "Units: MACs = multiply-accumulates (1 MAC = 2 FLOPs); mJ per inference (batch 1) from the "
+              "target's energy table; ms = ONNX Runtime median latency, batch 1, on this host.", "",
+              "## Widths per neuron group", "", "| group | before | after |", "|---|---|---|"]
+    for gid, w in report["widths"]["before"].items():
+        lines.append(f"| {gid} | {w} | {report['widths']['after'].get(gid, '-')} |")
+    steps = report.get("growth_steps") or []
+    if steps:
+        lines += ["", "## Growth steps", "", "| step | cost before | cost after | split | val acc | scoring s | training s |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in steps:
+            lines.append(f"| {s['step']} | {s['cost_before']:.4g} | {s['cost_after']:.4g} | {s['neurons_split']} | "
+                         f"{s['val_accuracy']:.4f} | {s['score_seconds']:.1f} | {s['train_seconds']:.1f} |")
+    lines += ["", f"ONNX: `model.onnx` checked in ONNX Runtime, max abs diff {report['onnx']['max_abs_diff']:.2e}.",
+              "Reload the model with `energysplit.archive.load_model('model.es')`.", ""]
+    return "\n".join(lines)
+
+
+def steps_csv(steps: list[dict]) -> str:
+    buf = io.StringIO()
+    if steps:
+        writer = csv.DictWriter(buf, fieldnames=[k for k in steps[0] if k != "split_per_group"] + ["split_per_group"])
+        writer.writeheader()
+        for s in steps:
+            writer.writerow({**s, "split_per_group": ";".join(f"{k}={v}" for k, v in s["split_per_group"].items())})
+    else:
+        buf.write("step\n")
+    return buf.getvalue()
+
+
+def growth_plot(path: Path, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unit = report["budget"]["unit"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    steps = report.get("growth_steps") or []
+    if steps:
+        xs = [steps[0]["cost_before"]] + [s["cost_after"] for s in steps]
+        ax.plot(xs[1:], [s["val_accuracy"] for s in steps], "o-", label="growth steps (val, after fine-tune)")
+    target_key = f"{report['budget']['target']} [{unit}]"
+    ax.scatter([report["before"].get(target_key, report["budget"]["base_cost"])], [report["before"]["test_accuracy"]],
+               marker="s", color="k", label="input model (test)")
+    ax.scatter([report["after"].get(target_key, report["budget"]["final_cost"])], [report["after"]["test_accuracy"]],
+               marker="*", s=120, color="tab:red", label="compressed (test)")
+    ax.axvline(report["budget"]["budget"], ls="--", color="gray", label="budget")
+    ax.set_xlabel(f"{report['budget']['target']} cost [{unit}]")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{report['config']['method']} on {report['data']['name']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, config, command: str, arch: dict, base, model, data, before: dict, after: dict,
+                  budget: dict, records: dict, base_train, seconds: dict) -> dict:
+    from .archive import save_model
+    from .export import export_onnx
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / ".staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    config_dict = asdict(config)
+    report = {"command": command, "config": config_dict, "arch": arch, "budget": budget, "before": before,
+              "after": after, "widths": {"before": layer_widths(base, data.input_shape),
+                                         "after": layer_widths(model, data.input_shape)},
+              "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                       "input_shape": list(data.input_shape)},
+              "growth_steps": records.get("growth_steps", []), "stop_reason": records.get("stop_reason"),
+              "base_training": base_train, "seconds": seconds, "versions": versions()}
+    save_model(model, stage / "model.es", arch, data.input_shape, meta={"budget": budget, "method": config.method})
+    report["onnx"] = asdict(export_onnx(model, stage / "model.onnx", data.input_shape))
+    report["onnx"]["path"] = "model.onnx"
+    atomic_write_text(stage / "steps.csv", steps_csv(report["growth_steps"]))
+    growth_plot(stage / "growth.png", report)
+    atomic_write_json(stage / "config.json", {"command": command, "config": config_dict})
+    atomic_write_text(stage / "report.md", markdown(report))
+    atomic_write_json(stage / "report.json", report)
+    for name in ("model.es", "model.onnx", "steps.csv", "growth.png", "config.json", "report.md", "report.json"):
+        os.replace(stage / name, out / name)
+    stage.rmdir()
+    return report
