@@ -39,15 +39,24 @@ def reshaped_mobilenet_v2():
     return model, inv, grow.id
 
 
-def test_reshaped_model_reloads_in_fresh_process(tmp_path):
+ARCH = {"name": "mobilenet_v2", "kwargs": {"width": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
     model, inv, grown = reshaped_mobilenet_v2()
+    path = save_model(model, tmp_path_factory.mktemp("archive") / "m.pt", ARCH, (1, 28, 28),
+                      meta={"note": "test", "step": 2})
+    return model, inv, grown, path
+
+
+def test_reshaped_model_reloads_in_fresh_process(tmp_path, saved):
+    model, inv, grown, path = saved
     base = build_inventory(create_model("mobilenet_v2", width=0.25), (1, 28, 28))
     assert inv[grown].width == 4 * base[grown].width
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         expected = model(x)
-    path = save_model(model, tmp_path / "m.pt", {"name": "mobilenet_v2", "kwargs": {"width": 0.25}},
-                      (1, 28, 28), meta={"note": "test", "step": 2})
     torch.save(x, tmp_path / "x.pt")
     script = (
         "import sys, torch\n"
@@ -85,10 +94,9 @@ def test_torchvision_and_importable_factories(tmp_path, arch, shape):
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
 
 
-def test_bad_files_raise_one_line_errors(tmp_path):
-    model, _, _ = reshaped_mobilenet_v2()
-    arch = {"name": "mobilenet_v2", "kwargs": {"width": 0.25}}
-    path = save_model(model, tmp_path / "m.pt", arch, (1, 28, 28))
+def test_bad_files_raise_one_line_errors(tmp_path, saved):
+    model, _, _, path = saved
+    arch = ARCH
     with pytest.raises(EnergySplitError):  # the arch does not match: fails at save time
         save_model(model, tmp_path / "bad.pt", "mobilenet_v1", (1, 28, 28))
     data = path.read_bytes()
@@ -106,11 +114,10 @@ def test_bad_files_raise_one_line_errors(tmp_path):
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "bad.pt").exists()
 
 
-def test_inspect_reads_an_archive(tmp_path, capsys):
+def test_inspect_reads_an_archive(saved, capsys):
     from energysplit.cli import main
 
-    model, inv, grown = reshaped_mobilenet_v2()
-    path = save_model(model, tmp_path / "m.pt", {"name": "mobilenet_v2", "kwargs": {"width": 0.25}}, (1, 28, 28))
+    model, inv, grown, path = saved
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"{grown}" in out and f" {inv[grown].width} " in next(line for line in out.splitlines() if line.startswith(grown))
