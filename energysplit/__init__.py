@@ -19,6 +19,10 @@ _API = {
     "build_inventory": "graph",
     "Plan": "plan", "Split": "plan", "Remove": "plan", "apply_plan_": "surgery",
     "save_model": "archive", "load_model": "archive", "build_model": "archive",
+    "Estimator": "estimate", "LayerwiseEstimator": "estimate", "CostReport": "estimate", "MarginalCost": "estimate",
+    "Target": "estimate", "ESTIMATORS": "estimate", "TARGETS": "estimate", "create_estimator": "estimate",
+    "create_target": "estimate", "target_info": "estimate", "marginal_costs": "estimate",
+    "check_estimator": "testing",
 }
 
 __all__ = sorted(_API) + ["__version__"]

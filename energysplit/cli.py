@@ -196,7 +196,126 @@ def run_compress(args) -> int:
     return 0
 
 
-COMMANDS = [add_models, add_train, add_inspect, add_compress]
+def _shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be comma-separated ints like 1,28,28, got {text!r}") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"--input-shape must be C,H,W of positive ints, got {text!r}")
+    return shape
+
+
+def resolve_model(name: str, input_shape, width: float | None = None, act: str | None = None):
+    """The model a command names: a saved archive (its own weights) or a zoo / torchvision / module:factory
+    name built with random weights and ``in_channels`` from the input shape."""
+    from pathlib import Path
+
+    from .archive import build_model, load_model
+
+    if Path(name).is_file():
+        return load_model(name)[0]
+    kwargs = {k: v for k, v in {"width": width, "act": act}.items() if v is not None}
+    if ":" not in name:
+        kwargs["in_channels"] = input_shape[0]
+    return build_model({"name": name, "kwargs": kwargs}).eval()
+
+
+def add_targets(sub) -> None:
+    p = sub.add_parser("targets", help="list device targets with their units and origins")
+    p.add_argument("--json", action="store_true", help="print the targets as JSON")
+    p.set_defaults(func=run_targets)
+
+
+def run_targets(args) -> int:
+    from .estimate import TARGETS, target_info
+    from .plugins import PLUGIN_ERRORS
+
+    infos = [target_info(n) for n in TARGETS.names()]
+    if args.json:
+        print(json.dumps({"targets": infos, "broken_plugins": PLUGIN_ERRORS}, indent=2))
+        return 0
+    rows = [(i["name"], i["unit"], i["estimator"], i["origin"], i["description"]) for i in infos]
+    header = ("target", "unit", "estimator", "origin", "description")
+    sizes = [max(len(str(r[k])) for r in rows + [header]) for k in range(4)]
+    for r in [header] + rows:
+        print("  ".join(f"{str(v):<{sizes[k]}}" for k, v in enumerate(r[:4])) + "  " + r[4])
+    for e in PLUGIN_ERRORS:
+        print(f"broken plugin {e['plugin']!r} ({e['group']}, from {e['origin']}): {e['error']}")
+    return 0
+
+
+def add_estimate(sub) -> None:
+    p = sub.add_parser("estimate", help="cost of a model on a target: total and per-layer table")
+    p.add_argument("model", help="zoo name (random weights), torchvision:<name>, package.module:factory, "
+                                 "or a saved model archive")
+    p.add_argument("--target", default="flops", help="device target (see `energysplit targets`; default flops)")
+    p.add_argument("--input-shape", default="1,28,28", help="C,H,W without the batch dim (default 1,28,28)")
+    p.add_argument("--width", type=float, help="width multiplier of a zoo model")
+    p.add_argument("--act", help="activation of a zoo model")
+    p.add_argument("--csv", help="write the per-layer table to this CSV file")
+    p.add_argument("--json", help="write the report (total, unit, layers, unsupported, meta) to this JSON file")
+    p.add_argument("--all-layers", action="store_true", help="also print layers that cost 0")
+    p.set_defaults(func=run_estimate)
+
+
+def run_estimate(args) -> int:
+    import pandas as pd
+
+    from .estimate import create_target
+    from .io import atomic_write_json, atomic_write_text
+
+    shape = _shape_arg(args.input_shape)
+    est = create_target(args.target)
+    model = resolve_model(args.model, shape, args.width, args.act)
+    report = est.estimate(model, shape)
+    frame = report.to_frame()
+    if args.csv:
+        atomic_write_text(args.csv, frame.to_csv(index=False))
+    if args.json:
+        atomic_write_json(args.json, report.to_dict())
+    shown = frame if args.all_layers else frame[frame["cost"].isna() | (frame["cost"] != 0)]
+    shown = shown.rename(columns={"cost": f"cost [{report.unit}]"})
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_columns", 12):
+        print(shown.to_string(index=False))
+    print(f"\n{args.model} on {args.target} ({est.name}), input {'x'.join(map(str, shape))}, batch 1: "
+          f"total {report.total:.6g} {report.unit}")
+    for key in ("flops", "predicted_ms", "p90_ms"):
+        if key in report.meta:
+            print(f"  {key}: {report.meta[key]:.6g}")
+    if report.unsupported:
+        print(f"  not costed ({len(report.unsupported)}): {', '.join(report.unsupported)}")
+    return 0
+
+
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="measure an ONNX Runtime latency table on this machine and save it "
+                                         "as a new target in the user directory")
+    p.add_argument("--name", required=True, help="name of the new target")
+    p.add_argument("--arch", help="zoo model whose layers to measure (default: the zoo default)")
+    p.add_argument("--width", type=float, help="width multiplier of --arch")
+    p.add_argument("--input-shape", default="1,28,28", help="C,H,W (default 1,28,28)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    p.add_argument("--no-neighbours", action="store_true",
+                   help="skip the +-1 channel variants that marginal costs need (measured later on demand)")
+    p.add_argument("--force", action="store_true", help="replace an existing user target of that name")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    from .calibrate import CalibrateConfig, calibrate
+
+    config = CalibrateConfig(args.name, args.arch, args.width, _shape_arg(args.input_shape), args.threads,
+                             not args.no_neighbours, args.force)
+    r = calibrate(config)
+    print(f"target {r['name']!r}: {r['entries']} table entries measured in {r['seconds']:.1f} s\n"
+          f"  predicted {r['predicted_ms']:.4f} ms, measured {r['measured_ms']:.4f} ms (P90 {r['p90_ms']:.4f}), "
+          f"error {r['error_pct']:+.1f}%\n  table {r['table']}\n  target {r['target']}\n"
+          f"use it with --target {r['name']}")
+    return 0
+
+
+COMMANDS = [add_models, add_train, add_inspect, add_compress, add_targets, add_estimate, add_calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

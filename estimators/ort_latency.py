@@ -1,0 +1,77 @@
+"""Latency in ms of a model run by ONNX Runtime on this host (batch 1), measured and predicted.
+
+``estimate`` exports the model (``torch.onnx.export(..., dynamo=False)``), runs it in ORT with fixed
+``intra_op_num_threads``, sequential execution and ORT_ENABLE_ALL, after warm-up runs, and reports the
+median (total) and P90 of the repeats with the provider, thread count and versions. The per-layer
+breakdown and the marginal costs come from a block latency lookup table (:mod:`estimators.ort_lut`):
+predicted latency = fixed per-run overhead + sum of the blocks' entries, as in Once-for-All and
+MetaPruning latency tables. ``predict`` returns that prediction, which the marginal costs match exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from energysplit.estimate import CostReport, LayerwiseEstimator
+from estimators.ort_lut import LatencyLUT, block_keys, export_onnx, session, time_session, versions
+
+
+def measure_model(model, input_shape, threads: int = 1, warmup: int = 20, repeats: int = 100) -> dict:
+    """Median and P90 latency (ms) of ``model`` in ONNX Runtime on inputs ``(1, *input_shape)``."""
+    sess = session(export_onnx(model, [tuple(input_shape)]), threads)
+    times = time_session(sess, warmup, repeats)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+            "repeats": len(times), "warmup": warmup, "threads": threads,
+            "provider": sess.get_providers()[0], **versions()}
+
+
+class OrtLatencyEstimator(LayerwiseEstimator):
+    """ONNX Runtime latency (ms). ``measure=False`` reports the lookup-table prediction as the total.
+
+    ``lut``: a latency-table JSON (e.g. one written by ``energysplit calibrate``); default: this host's
+    table in the cache directory ($ENERGYSPLIT_CACHE or ~/.cache/energysplit), filled on demand.
+    """
+
+    name = "ort-latency"
+    unit = "ms"
+    deterministic = False
+    targets = {"cpu": {"settings": {"threads": 1}, "description": "ONNX Runtime CPU on this host, 1 thread, batch 1"}}
+
+    def __init__(self, threads: int = 1, warmup: int = 20, repeats: int = 100, measure: bool = True,
+                 lut: str | None = None):
+        if threads < 1 or warmup < 0 or repeats < 1:
+            raise ValueError("threads and repeats must be >= 1, warmup >= 0")
+        self.threads, self.warmup, self.repeats, self.measure, self.lut = threads, warmup, repeats, measure, lut
+        self._table: LatencyLUT | None = None
+
+    @property
+    def table(self) -> LatencyLUT:
+        if self._table is None:
+            self._table = LatencyLUT(self.lut, threads=self.threads)
+        return self._table
+
+    def layer_rows(self, specs) -> list[dict]:
+        rows = []
+        for key in block_keys(specs, self.table.meta.get("l2_bytes")):
+            if key is None:
+                rows.append({"cost": None})
+            elif key in ("fused", "free"):
+                rows.append({"cost": 0.0, "note": key})
+            else:
+                rows.append({"cost": self.table.lookup(key), "note": "lut"})
+        self.table.save()
+        return rows
+
+    def overhead(self, specs) -> float:
+        return self.table.overhead()
+
+    def estimate(self, model, input_shape) -> CostReport:
+        report = super().estimate(model, input_shape)
+        report.meta.update(predicted_ms=report.total, lut=str(self.table.path))
+        if self.measure:
+            measured = measure_model(model, input_shape, self.threads, self.warmup, self.repeats)
+            report.meta.update(measured)
+            report.meta["total_is"] = "measured median; layer rows are the lookup-table prediction"
+            report.total = measured["median_ms"]
+        else:
+            report.meta["total_is"] = "lookup-table prediction"
+        return report
