@@ -5,14 +5,15 @@
 median (total) and P90 of the repeats with the provider, thread count and versions. The per-layer
 breakdown and the marginal costs come from a block latency lookup table (:mod:`estimators.ort_lut`):
 predicted latency = fixed per-run overhead + sum of the blocks' entries, as in Once-for-All and
-MetaPruning latency tables. ``predict`` returns that prediction, which the marginal costs match exactly.
+MetaPruning latency tables, plus the NCHWc layout reorders at layout boundaries. ``predict`` returns that prediction, which the marginal costs match exactly.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from energysplit.estimate import CostReport, LayerwiseEstimator
-from estimators.ort_lut import LatencyLUT, block_keys, export_onnx, session, time_session, versions
+from estimators.ort_blocks import block_keys, layout_costs
+from estimators.ort_lut import LatencyLUT, export_onnx, session, time_session, versions
 
 
 def measure_model(model, input_shape, threads: int = 1, warmup: int = 20, repeats: int = 100) -> dict:
@@ -50,16 +51,12 @@ class OrtLatencyEstimator(LayerwiseEstimator):
         return self._table
 
     def layer_rows(self, specs) -> list[dict]:
-        rows = []
-        for key in block_keys(specs, self.table.meta.get("l2_bytes")):
-            if key is None:
-                rows.append({"cost": None})
-            elif key in ("fused", "free"):
-                rows.append({"cost": 0.0, "note": key})
-            else:
-                rows.append({"cost": self.table.lookup(key), "note": "lut"})
+        keys, heads = block_keys(specs, self.table.meta.get("l2_bytes"))
+        entries = {j: self.table.lookup(k) for j, k in enumerate(keys) if isinstance(k, dict)}
         self.table.save()
-        return rows
+        costs = layout_costs(specs, keys, heads, entries)
+        return [{"cost": c, "note": k if isinstance(k, str) else ("lut" if k else "not in the table")}
+                for c, k in zip(costs, keys)]
 
     def overhead(self, specs) -> float:
         return self.table.overhead()

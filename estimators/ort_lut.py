@@ -1,11 +1,11 @@
 """A latency lookup table for ONNX Runtime, keyed by block configuration (Once-for-All / MetaPruning style).
 
-A block is what ORT runs as one fused kernel: a conv (+ BatchNorm, folded) + activation, a linear
-(+ activation), a residual add (+ activation), a pool, or a lone BatchNorm/activation. Each configuration
-(op, channels, kernel, stride, padding, groups, input H/W, activation) is exported alone, timed in ORT
-(fixed threads, sequential, ORT_ENABLE_ALL, I/O bound once so no copies are timed) and cached on disk
-in JSON, per host, ORT version and thread count. The predicted latency of a model is the fixed
-per-run overhead plus the sum of its blocks' entries minus that overhead.
+Each block configuration (:mod:`estimators.ort_blocks`) is exported alone and timed in ORT (fixed
+threads, sequential, ORT_ENABLE_ALL, inputs and outputs bound once so no copies are timed); one
+profiled run splits its time into the block's own kernels and the NCHWc layout reorders ORT put around
+it. Entries ``{"ms", "ri", "ro"}`` (ms) are cached on disk in JSON per host, ORT version and thread
+count. Predicted model latency = fixed per-run overhead + the blocks' kernels + the reorders at layout
+boundaries (:func:`estimators.ort_blocks.layout_costs`).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from torch import nn
 
-FORMAT = 1
-COLD_FACTOR = 2  # cold weights: parallel copies holding COLD_FACTOR x L2 bytes of weights
-MAX_COPIES = 16
+from estimators.ort_blocks import COLD_FACTOR, _Copies, block_module, key_str
+
+FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -122,158 +122,34 @@ def time_session(sess, warmup: int = 10, repeats: int = 50, budget_s: float | No
     return np.asarray(times)
 
 
-# ---- blocks ------------------------------------------------------------------------------------------
+def _kernel_times(onnx_bytes: bytes, threads: int, runs: int = 30) -> dict[str, float]:
+    """Median kernel time (us) per node over ``runs`` profiled runs, summed into ReorderInput,
+    ReorderOutput and other nodes. ORT reports whole microseconds (truncated), hence the +0.5."""
+    import tempfile
 
-def _consumers(specs) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for j, s in enumerate(specs):
-        for i in s.inputs:
-            out.setdefault(i, []).append(j)
-    return out
+    import numpy as np
+    import onnxruntime as ort
 
-
-def _fuse(specs, cons, i, op):
-    """Index of the single consumer of spec ``i`` if it is an ``op`` fed only by ``i``, else None."""
-    nxt = cons.get(i, [])
-    if len(nxt) == 1 and specs[nxt[0]].op == op and specs[nxt[0]].inputs == (i,):
-        return nxt[0]
-    return None
-
-
-def _fused_add(specs, cons, i, last):
-    """The residual add that ORT fuses into conv ``i`` (chain ending at ``last``): a two-input add fed
-    by ``last`` only through it, whose other input is computed before the conv."""
-    nxt = cons.get(last, [])
-    if specs[i].op != "conv" or len(nxt) != 1 or specs[nxt[0]].op != "add" or len(specs[nxt[0]].inputs) != 2:
-        return None
-    other = [j for j in specs[nxt[0]].inputs if j != last]
-    if len(other) != 1:
-        return None
-    j = other[0]
-    while j >= 0 and specs[j].op == "pass":  # identities vanish from the ONNX graph
-        j = specs[j].inputs[0] if specs[j].inputs else -1
-    return nxt[0] if j < i else None
-
-
-def block_keys(specs, l2: int | None = None) -> list:
-    """Per spec: a block key (dict), ``"fused"`` (part of the previous block), ``"free"`` (a reshape or
-    identity, 0 ms) or None (an op the table cannot cost).
-
-    Cache policy (with ``l2``, the L2 size in bytes): when the model's fp32 weights exceed the L2 cache,
-    a layer's weights are evicted between two inferences, so conv/linear blocks holding at least
-    ``COLD_FACTOR * l2 / MAX_COPIES`` bytes of weights get ``"cold": True`` (measured with cold weights).
-    """
-    from estimators.flops import _params
-
-    cons = _consumers(specs)
-    model_bytes = 4 * sum(_params(s) for s in specs)
-    cold_min = COLD_FACTOR * l2 / MAX_COPIES if l2 and model_bytes > l2 else None
-    keys: list = [None] * len(specs)
-    for i, s in enumerate(specs):
-        if keys[i] == "fused":
-            continue
-        if s.op == "pass":
-            keys[i] = "free"
-            continue
-        shape = list(s.in_shape[1:])
-        if s.op in ("conv", "linear"):
-            key = {"op": s.op, "cin": s.cin, "cout": s.cout, "in": shape}
-            if s.op == "conv":
-                key.update(k=list(s.kernel), s=list(s.stride), p=list(s.padding), g=s.groups)
-            last, bn = i, _fuse(specs, cons, i, "bn")
-            if bn is not None:
-                keys[bn], last = "fused", bn
-            key["bn"] = bn is not None
-            if cold_min is not None and 4 * _params(s) >= cold_min:
-                key["cold"] = True
-            add = _fused_add(specs, cons, i, last)
-            if add is not None:  # ORT's NCHWc conv adds the residual ("Sum") in the same kernel
-                keys[add], last, key["sum"], key["out"] = "fused", add, True, list(s.out_shape[1:])
-        elif s.op in ("add", "bn", "act"):
-            key, last = {"op": s.op, "in": shape, "n": len(s.inputs)}, i
-            if s.op == "act":
-                key["act"] = s.act
-        elif s.op == "pool":
-            key, last = {"op": "pool", "type": s.type, "in": shape, "out": list(s.out_shape[1:]),
-                         "k": list(s.kernel), "s": list(s.stride), "p": list(s.padding)}, i
-        else:
-            continue  # concat, other: unsupported
-        if s.op != "act":
-            act = _fuse(specs, cons, last, "act")
-            key["act"] = specs[act].act if act is not None else None
-            if act is not None:
-                keys[act] = "fused"
-        keys[i] = key
-    return keys
-
-
-def key_str(key: dict) -> str:
-    return json.dumps(key, sort_keys=True, separators=(",", ":"))
-
-
-def block_module(key: dict):
-    """(module, input shapes) that runs one block alone."""
-    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU,
-            "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid, "leaky_relu": nn.LeakyReLU,
-            "elu": nn.ELU, "softplus": nn.Softplus, "hardtanh": nn.Hardtanh}
-
-    def act():
-        return acts[key["act"]]() if key.get("act") else nn.Identity()
-
-    op, shape = key["op"], tuple(key["in"])
-    if op == "conv":
-        conv = (nn.Conv2d if len(key["k"]) == 2 else nn.Conv1d)(
-            key["cin"], key["cout"], key["k"], key["s"], key["p"], groups=key["g"], bias=not key["bn"])
-        bn = (nn.BatchNorm2d if len(key["k"]) == 2 else nn.BatchNorm1d)(key["cout"]) if key["bn"] else nn.Identity()
-        if key.get("sum"):
-            return _ConvSum(conv, bn, act()), [shape, tuple(key["out"])]
-        return nn.Sequential(conv, bn, act()), [shape]
-    if op == "linear":
-        return nn.Sequential(nn.Linear(key["cin"], key["cout"]), act()), [shape]
-    if op == "bn":
-        return nn.Sequential(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]), act()), [shape]
-    if op == "act":
-        return act(), [shape]
-    if op == "add":
-        return _Add(act()), [shape] * key["n"]
-    if op == "pool":
-        out = tuple(key["out"][1:])
-        if key["k"]:
-            kind = nn.MaxPool2d if "max" in key["type"].lower() else nn.AvgPool2d
-            floor = tuple((h + 2 * p - k) // s + 1 for h, p, k, s in zip(shape[1:], key["p"], key["k"], key["s"]))
-            return nn.Sequential(kind(key["k"], key["s"], key["p"], ceil_mode=floor != out), act()), [shape]
-        kind = nn.AdaptiveMaxPool2d if "max" in key["type"].lower() else nn.AdaptiveAvgPool2d
-        return nn.Sequential(kind(out), act()), [shape]
-    raise ValueError(f"no block for {key}")
-
-
-class _Add(nn.Module):
-    def __init__(self, act: nn.Module):
-        super().__init__()
-        self.act = act
-
-    def forward(self, *xs):
-        return self.act(sum(xs[1:], xs[0]))
-
-
-class _ConvSum(nn.Module):
-    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module):
-        super().__init__()
-        self.conv, self.bn, self.act = conv, bn, act
-
-    def forward(self, x, r):
-        return self.act(self.bn(self.conv(x)) + r)
-
-
-class _Copies(nn.Module):
-    """Independent copies of a block reading the same inputs."""
-
-    def __init__(self, blocks):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, *xs):
-        return tuple(b(*xs) for b in self.blocks)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.enable_profiling, so.profile_file_prefix, so.log_severity_level = True, os.path.join(tmp, "p"), 3
+        sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        time_session(sess, 5, runs)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node: dict[tuple, list] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_node.setdefault((e["name"], e["args"].get("op_name", "")), []).append(e["dur"])
+    out = {"ReorderInput": 0.0, "ReorderOutput": 0.0, "other": 0.0}
+    count = dict.fromkeys(out, 0)
+    for (_, op), durs in per_node.items():
+        cat = op if op in out else "other"
+        out[cat] += float(np.median(durs)) + 0.5
+        count[cat] += 1
+    return {**out, **{f"n_{k}": v for k, v in count.items()}}
 
 
 class LatencyLUT:
@@ -290,13 +166,16 @@ class LatencyLUT:
         self.meta = {"format": FORMAT, "host": cpu_name(), "machine": platform.machine(), "l2_bytes": l2_bytes(),
                      "threads": threads,
                      "provider": "CPUExecutionProvider", "versions": versions()}
-        self.entries: dict[str, float] = {}
+        self.entries: dict[str, dict] = {}
         self.overhead_ms: float | None = None
         self.foreign = False
         if self.path.exists():
             data = json.loads(self.path.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"{self.path}: not an energysplit latency table (format {FORMAT})")
+            if data.get("format") != FORMAT and path:
+                raise ValueError(f"{self.path}: not an energysplit latency table of format {FORMAT}; "
+                                 "calibrate again")
+            if data.get("format") != FORMAT:  # an old cache of this host: measure again
+                data = {**self.meta, "entries": {}}
             self.entries = dict(data.get("entries", {}))
             self.overhead_ms = data.get("overhead_ms")
             mine = (self.meta["host"], self.meta["threads"], self.meta["versions"]["onnxruntime"])
@@ -306,23 +185,36 @@ class LatencyLUT:
                 self.meta = {k: v for k, v in data.items() if k not in ("entries", "overhead_ms")}
         self.dirty = False
 
-    def _measure(self, module, shapes) -> float:
-        """Median ms of one run of ``module``, including the fixed per-run overhead."""
+    def _measure(self, module, shapes, profile: bool = False):
+        """Median ms of one run of ``module`` including the fixed per-run overhead; with ``profile`` also
+        the kernel time of its ReorderInput, ReorderOutput and other nodes (profiled runs, us)."""
         import numpy as np
 
-        sess = session(export_onnx(module, shapes), self.threads)
-        return float(np.median(time_session(sess, self.warmup, self.repeats, self.budget_s)))
+        onnx_bytes = export_onnx(module, shapes)
+        wall = float(np.median(time_session(session(onnx_bytes, self.threads), self.warmup, self.repeats,
+                                            self.budget_s)))
+        return (wall, _kernel_times(onnx_bytes, self.threads)) if profile else wall
 
-    def _measure_block(self, key: dict) -> float:
-        """ms of one block without the fixed overhead. Blocks with weights run as ``n`` parallel copies
-        on the same input whose weights together exceed the L2 cache, so that weights come from memory
-        as they do inside a whole model while the input stays hot; the time is divided by ``n``."""
+    def _measure_block(self, key: dict) -> dict:
+        """``{"ms", "ri", "ro"}`` of one block without the fixed overhead: the wall time split in
+        proportion to the profiled kernel times. Blocks with weights run as ``n`` parallel copies on the
+        same input whose weights together exceed the L2 cache (weights come from memory, as inside a
+        whole model, while the input stays hot); times are divided by ``n``."""
         module, shapes = block_module(key)
         weight_bytes = 4 * sum(p.numel() for p in module.parameters())
         n = -(-COLD_FACTOR * l2_bytes() // weight_bytes) if key.get("cold") else 1
         if n > 1:
             module = _Copies([module] + [block_module(key)[0] for _ in range(n - 1)])
-        return max(self._measure(module, shapes) - self.overhead(), 0.0) / n
+        wall, k = self._measure(module, shapes, profile=True)
+        net = max(wall - self.overhead(), 0.0)
+        # profiling adds a roughly constant time to every node: remove it so the kernels add up to the
+        # unprofiled wall time, then take the reorders' share (us -> ms)
+        nodes = k["n_ReorderInput"] + k["n_ReorderOutput"] + k["n_other"]
+        bias = max((k["ReorderInput"] + k["ReorderOutput"] + k["other"] - 1e3 * net) / max(nodes, 1), 0.0)
+        ri = max(k["ReorderInput"] - bias * k["n_ReorderInput"], 0.0) * 1e-3
+        ro = max(k["ReorderOutput"] - bias * k["n_ReorderOutput"], 0.0) * 1e-3
+        ri, ro = min(ri, net), min(ro, max(net - ri, 0.0))
+        return {"ms": (net - ri - ro) / n, "ri": ri / n, "ro": ro / n}
 
     def overhead(self) -> float:
         """Fixed per-run cost (ms): a one-element ReLU graph."""
@@ -337,8 +229,8 @@ class LatencyLUT:
             raise ValueError(f"latency table {self.path} was measured on {self.meta.get('host')} "
                              f"(threads {self.meta.get('threads')}) and lacks {what}; calibrate on that device")
 
-    def lookup(self, key: dict) -> float:
-        """Latency of a block in ms without the fixed per-run overhead; measured and cached when missing."""
+    def lookup(self, key: dict) -> dict:
+        """``{"ms", "ri", "ro"}`` of a block (ms, no fixed overhead); measured and cached when missing."""
         ks = key_str(key)
         if ks not in self.entries:
             self._check_local(f"block {ks}")

@@ -182,18 +182,21 @@ def test_latency_table_from_another_host_is_read_only(tmp_path):
     from estimators.ort_lut import LatencyLUT
 
     path = tmp_path / "other.json"
-    path.write_text(json.dumps({"format": 1, "host": "Some Phone SoC", "threads": 4, "overhead_ms": 0.01,
+    path.write_text(json.dumps({"format": 2, "host": "Some Phone SoC", "threads": 4, "overhead_ms": 0.01,
                                 "versions": {"onnxruntime": "0.0"}, "entries": {}}))
     lut = LatencyLUT(path)
     assert lut.foreign and lut.overhead() == 0.01
     with pytest.raises(ValueError, match="Some Phone SoC"):
         lut.lookup({"op": "act", "in": [4, 4, 4], "n": 1, "act": "relu"})
+    path.write_text(json.dumps({"format": 0, "entries": {}}))
+    with pytest.raises(ValueError, match="calibrate again"):
+        LatencyLUT(path)
 
 
 def test_residual_add_is_fused_into_the_conv_block():
-    from estimators.ort_lut import block_keys
+    from estimators.ort_blocks import block_keys
 
-    keys = block_keys(capture_layers(create_model("resnet20", width=0.25), (1, 8, 8)))
+    keys, heads = block_keys(capture_layers(create_model("resnet20", width=0.25), (1, 8, 8)))
     assert sum(1 for k in keys if isinstance(k, dict) and k.get("sum")) == 9  # one per basic block
     assert not any(isinstance(k, dict) and k["op"] == "add" for k in keys)
 
@@ -325,3 +328,18 @@ def test_cli_estimate_writes_csv_and_json(tmp_path, capsys):
     frame = pd.read_csv(tmp_path / "l.csv")
     assert frame["cost"].sum() == record["total"] and "layers.0.conv1" in set(frame["layer"])
     assert main(["estimate", "resnet20", "--target", "nope"]) == 2
+
+
+def test_layout_reorders_are_charged_only_at_layout_boundaries():
+    from estimators.ort_blocks import block_keys, layout_costs
+
+    specs = capture_layers(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)),
+                           (8, 4, 4))
+    keys, heads = block_keys(specs)
+    assert keys[1] == "fused" and heads[1] == 0 and [isinstance(k, dict) for k in keys] == [True, False, True, True]
+    nchwc = {"ms": 1.0, "ri": 0.1, "ro": 0.01}
+    plain = {"ms": 1.0, "ri": 0.0, "ro": 0.0}
+    # all three in the NCHWc layout: one reorder in (model input) and one out (model output)
+    assert layout_costs(specs, keys, heads, {0: nchwc, 2: nchwc, 3: nchwc}) == [1.1, 0.0, 1.0, 1.01]
+    # the middle block runs NCHW: its neighbours pay the reorders at both boundaries
+    assert layout_costs(specs, keys, heads, {0: nchwc, 2: plain, 3: nchwc}) == [1.11, 0.0, 1.0, 1.11]
