@@ -1,0 +1,129 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from energysplit.eigen import GroupScores
+from energysplit.errors import BudgetError
+from energysplit.plan import Plan, Split
+from energysplit.selection import SELECTORS, select_splits
+
+
+def scores_from(eigvals: dict, d=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for gid, vals in eigvals.items():
+        vecs = torch.randn(len(vals), d, generator=gen)
+        out[gid] = GroupScores(torch.tensor(vals, dtype=torch.float32), vecs / vecs.norm(dim=1, keepdim=True))
+    return out
+
+
+def random_problem(seed, groups=4, width=6):
+    gen = torch.Generator().manual_seed(seed)
+    eig = {f"g{i}": (torch.randn(width, generator=gen) - 0.3).tolist() for i in range(groups)}
+    costs = {f"g{i}": float(torch.rand(1, generator=gen)) * 10 + 0.5 for i in range(groups)}
+    return scores_from(eig, seed=seed), costs
+
+
+@pytest.mark.parametrize("method", SELECTORS.names())
+@pytest.mark.parametrize("seed", range(6))
+def test_budget_respected_and_no_nonnegative_lambda(method, seed):
+    scores, costs = random_problem(seed)
+    budget = 17.3
+    caps = {"g1": 1} if seed % 2 else None
+    sel = select_splits(scores, costs, budget, method, caps=caps)
+    assert sel.chosen, "every problem here has affordable negative neurons"
+    assert sel.cost_used <= budget + 1e-9
+    assert sum(costs[c.group] for c in sel.chosen) == pytest.approx(sel.cost_used)
+    assert all(c.eigval < 0 and c.eigval == float(scores[c.group].eigvals[c.channel]) for c in sel.chosen)
+    assert len({(c.group, c.channel) for c in sel.chosen}) == len(sel.chosen)
+    if caps:
+        assert sum(c.group == "g1" for c in sel.chosen) <= 1
+    if sel.under_budget:  # nothing else affordable: every unchosen candidate exceeds the leftover or its cap
+        left = budget - sel.cost_used
+        chosen = {(c.group, c.channel) for c in sel.chosen}
+        for gid, s in scores.items():
+            capped = caps and gid in caps and sum(c.group == gid for c in sel.chosen) >= caps[gid]
+            for k, lam in enumerate(s.eigvals.tolist()):
+                if lam < 0 and (gid, k) not in chosen and not capped:
+                    assert costs[gid] > left
+        assert sel.note
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lp_equals_greedy_on_single_budget_and_bounds_it(seed):
+    scores, costs = random_problem(seed, groups=5, width=5)
+    budget = 11.0 + seed
+    lp = select_splits(scores, costs, budget, "lp")
+    greedy = select_splits(scores, costs, budget, "greedy")
+    assert {(c.group, c.channel) for c in lp.chosen} == {(c.group, c.channel) for c in greedy.chosen}
+    # the relaxed LP optimum is a lower bound of any feasible (integral) selection
+    assert lp.lp_objective <= greedy.objective + 1e-9 <= 1e-9
+
+
+def test_lp_relaxation_bounds_the_brute_force_knapsack_optimum():
+    scores, costs = random_problem(3, groups=3, width=4)
+    budget = 9.0
+    cands = [(g, k, lam, costs[g]) for g, s in scores.items() for k, lam in enumerate(s.eigvals.tolist()) if lam < 0]
+    best = 0.0
+    for r in range(len(cands) + 1):
+        for combo in itertools.combinations(cands, r):
+            if sum(c[3] for c in combo) <= budget:
+                best = min(best, sum(c[2] for c in combo))
+    for method in SELECTORS.names():
+        sel = select_splits(scores, costs, budget, method)
+        assert sel.objective >= best - 1e-9  # no selector beats the optimum (sanity of the accounting)
+    lp = select_splits(scores, costs, budget, "lp")
+    assert lp.lp_objective <= best + 1e-9
+    assert lp.objective <= select_splits(scores, costs, budget, "cost-blind").objective + 1e-9
+
+
+def test_caps_limit_each_group_with_lp():
+    scores = scores_from({"a": [-5.0, -4.0, -3.0, -2.0], "b": [-1.0, -0.5]})
+    costs = {"a": 1.0, "b": 1.0}
+    sel = select_splits(scores, costs, 10.0, "lp", caps={"a": 2})
+    assert sorted((c.group, c.channel) for c in sel.chosen) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert sel.under_budget and "caps reached for a" in sel.note
+
+
+def test_cost_aware_differs_from_cost_blind():
+    # a: very negative but expensive; b: less negative, cheap. Budget 10.
+    scores = scores_from({"a": [-10.0], "b": [-4.0, -4.0, -4.0, -4.0, -4.0]})
+    costs = {"a": 10.0, "b": 2.0}
+    blind = select_splits(scores, costs, 10.0, "cost-blind")
+    aware = select_splits(scores, costs, 10.0, "greedy")
+    assert [c.group for c in blind.chosen] == ["a"]
+    assert [c.group for c in aware.chosen] == ["b"] * 5
+    assert aware.objective == -20.0 < blind.objective == -10.0
+
+
+def test_reports_under_budget_when_no_neuron_can_lower_the_loss():
+    scores = scores_from({"a": [0.5, 0.0], "b": [1.0]})
+    sel = select_splits(scores, {"a": 1.0, "b": 1.0}, 5.0, "lp")
+    assert sel.chosen == [] and sel.under_budget and "lambda_min < 0" in sel.note
+    assert sel.predicted_change == 0.0 and sel.candidates == 0
+
+
+def test_free_neurons_first_and_predicted_change_and_plan():
+    scores = scores_from({"a": [-1.0, -3.0], "b": [-2.0]})
+    sel = select_splits(scores, {"a": 0.0, "b": 4.0}, 3.0, "greedy", eps=0.1)
+    assert sorted((c.group, c.channel) for c in sel.chosen) == [("a", 0), ("a", 1)]
+    assert sel.cost_used == 0.0 and sel.under_budget and "costs 4 > leftover 3" in sel.note
+    assert sel.predicted_change == pytest.approx(0.5 * 0.01 * -4.0)
+    plan = sel.to_plan(scores)
+    assert isinstance(plan, Plan) and all(isinstance(op, Split) and op.eps == 0.1 for op in plan)
+    for op in plan:
+        torch.testing.assert_close(op.direction, scores[op.group].eigvecs[op.channel])
+
+
+def test_bad_inputs_are_clear_errors():
+    scores = scores_from({"a": [-1.0]})
+    with pytest.raises(BudgetError, match="budget"):
+        select_splits(scores, {"a": 1.0}, -1.0)
+    with pytest.raises(BudgetError, match="no cost for group"):
+        select_splits(scores, {}, 1.0)
+    with pytest.raises(BudgetError, match="finite"):
+        select_splits(scores, {"a": math.inf}, 1.0)
+    with pytest.raises(KeyError, match="unknown selector"):
+        select_splits(scores, {"a": 1.0}, 1.0, "magic")
