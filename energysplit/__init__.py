@@ -23,6 +23,9 @@ _API = {
     "Target": "estimate", "ESTIMATORS": "estimate", "TARGETS": "estimate", "create_estimator": "estimate",
     "create_target": "estimate", "target_info": "estimate", "marginal_costs": "estimate",
     "check_estimator": "testing",
+    "splitting_scores": "eigen", "GroupScores": "eigen", "SOLVERS": "eigen", "CurvatureConfig": "activations",
+    "FastConfig": "rayleigh", "ExactConfig": "exact", "splitting_matrices": "exact",
+    "select_splits": "selection", "Selection": "selection", "SELECTORS": "selection",
 }
 
 __all__ = sorted(_API) + ["__version__"]
