@@ -81,6 +81,7 @@ def main(argv=None) -> int:
                      "abs_error_pct": ape})
     frame = pd.DataFrame(rows)
     mdape = float(np.median(frame["abs_error_pct"]))
+    pruned = frame["model"].str.contains("pruned")
     tag = host_id(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     csv = RESULTS / f"latency_lut_{tag}.csv"
@@ -90,15 +91,18 @@ def main(argv=None) -> int:
                "repeats": args.repeats, "rounds": args.rounds, "table_entries": len(est.table.entries),
                "table_build_s": build_s,
                "overhead_ms": est.table.overhead(), "mdape_pct": mdape, "models": len(frame),
-               "within_10pct": int((frame["abs_error_pct"] <= 10).sum()), **est.table.meta}
+               "within_10pct": int((frame["abs_error_pct"] <= 10).sum()),
+               "mdape_width_variants_pct": float(np.median(frame[~pruned]["abs_error_pct"])),
+               "mean_error_pruned_pct": float(frame[pruned]["error_pct"].mean()), **est.table.meta}
     (RESULTS / f"latency_lut_{tag}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with pd.option_context("display.width", 160, "display.max_columns", 10):
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nhost {summary['host']}, onnxruntime {summary['versions']['onnxruntime']}, {args.threads} thread(s), "
-          f"input 1x{'x'.join(map(str, shape))}, batch 1")
+          f"input {'x'.join(map(str, shape))} (C,H,W), batch 1")
     print(f"latency table: {summary['table_entries']} entries built in {build_s:.1f} s")
     print(f"MdAPE of the LUT prediction: {mdape:.1f}% over {len(frame)} models "
-          f"({summary['within_10pct']} within 10%)")
+          f"({summary['within_10pct']} within 10%); width variants only: {summary['mdape_width_variants_pct']:.1f}%, "
+          f"odd-width pruned: mean error {summary['mean_error_pruned_pct']:+.1f}%")
     print(f"wrote {csv.relative_to(RESULTS.parent.parent)}\ncommand: {command}")
     return 0
 
