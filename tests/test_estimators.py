@@ -343,3 +343,22 @@ def test_layout_reorders_are_charged_only_at_layout_boundaries():
     assert layout_costs(specs, keys, heads, {0: nchwc, 2: nchwc, 3: nchwc}) == [1.1, 0.0, 1.0, 1.01]
     # the middle block runs NCHW: its neighbours pay the reorders at both boundaries
     assert layout_costs(specs, keys, heads, {0: nchwc, 2: plain, 3: nchwc}) == [1.11, 0.0, 1.0, 1.11]
+
+
+def test_checkout_without_metadata_falls_back_to_the_in_tree_builtins():
+    import configparser
+    import importlib.metadata
+
+    import estimators
+    from energysplit.plugins import load_plugins
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    declared = dict(line.split(" = ") for line in cfg["options.entry_points"]["energysplit.estimators"].split("\n")
+                    if line.strip())
+    assert estimators.ENTRY_POINTS == declared  # the fallback mirrors setup.cfg
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.metadata, "entry_points", lambda group=None, **kw: [])
+        load_plugins(force=True)
+        assert set(declared) <= set(ESTIMATORS.names())
+        assert TARGETS.origin("mobile") == "built-in (in-tree)"
