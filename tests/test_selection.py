@@ -127,3 +127,55 @@ def test_bad_inputs_are_clear_errors():
         select_splits(scores, {"a": math.inf}, 1.0)
     with pytest.raises(KeyError, match="unknown selector"):
         select_splits(scores, {"a": 1.0}, 1.0, "magic")
+
+
+# --- end to end: scores -> selection -> Plan -> surgery changes the loss by (eps^2/2) sum lambda ------
+
+class Block(torch.nn.Module):
+    """Traceable conv-BN-SiLU-depthwise-BN-tanh, pointwise conv-BN-SiLU, linear-tanh, head."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.SiLU(),
+                                  nn.Conv2d(6, 6, 3, 2, 1, groups=6, bias=False), nn.BatchNorm2d(6), nn.Tanh())
+        self.pw = nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.fc = nn.Sequential(nn.Linear(8, 12), nn.Tanh())
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.head(self.fc(self.pw(self.stem(x)).mean((2, 3))))
+
+
+@pytest.mark.parametrize("method", ["lp", "greedy"])
+def test_selected_splits_change_the_loss_as_predicted(digits, method):
+    from energysplit.eigen import splitting_scores
+    from energysplit.graph import build_inventory
+    from energysplit.surgery import apply_plan_
+
+    torch.manual_seed(0)
+    model = Block().double()
+    x, y = digits.train.tensors
+    x = x.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for i in range(40):
+        loss = torch.nn.functional.cross_entropy(model(x[i * 16 % 1000:][:128]), y[i * 16 % 1000:][:128])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    batch = (x[:256], y[:256])
+    inv = build_inventory(model, (1, 8, 8))
+    assert {g.id for g in inv.splittable()} == {"stem.0:out", "pw.0:out", "fc.0:out"}
+    scores = splitting_scores(model, [batch], inv, "exact")
+    costs = {"stem.0:out": 2.0, "pw.0:out": 1.0, "fc.0:out": 0.05}
+    eps = 0.02
+    sel = select_splits(scores, costs, 10.0, method, eps=eps)
+    assert {c.group for c in sel.chosen} == set(costs)  # several layers split at once
+    with torch.no_grad():
+        before = torch.nn.functional.cross_entropy(model(batch[0]), batch[1]).item()
+        new_inv = apply_plan_(model, inv, sel.to_plan(scores))
+        after = torch.nn.functional.cross_entropy(model(batch[0]), batch[1]).item()
+    assert sum(new_inv.widths().values()) == sum(inv.widths().values()) + len(sel.chosen)
+    assert sel.predicted_change < 0
+    assert after - before == pytest.approx(sel.predicted_change, rel=0.2)
