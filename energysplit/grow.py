@@ -209,9 +209,9 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
 
 
 def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig) -> list:
-    """Split ops chosen under ``step_budget``, best (most loss decrease per cost) first."""
-    from .selection import select
+    """Split ops chosen under ``step_budget``, best (most negative lambda per unit cost) first."""
+    from .selection import select_splits as select
 
-    selection = select(scores, costs, step_budget, rule=config.selector, eps=config.eps,
-                       threshold=config.threshold)
-    return list(selection.plan.ops)
+    selection = select(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold)
+    selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
+    return list(selection.to_plan(scores).ops)

@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread: predictable test times when the cores are shared (and no oversubscription)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
