@@ -1,0 +1,207 @@
+"""Benchmark: every method, from the same trained base model and data, to the same budgets, with the
+same fine-tuning epochs, over several seeds. Rows are appended to a CSV as they finish (a crashed sweep
+resumes where it stopped); a failing method is recorded and the sweep goes on.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .io import atomic_write_json
+
+FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", "test_accuracy", "flops_MACs",
+          "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple = ("mobilenet_v2", "mobilenet_v1")
+    width: float = 0.5
+    methods: tuple = ("splitting", "l1", "taylor", "slimming", "random", "uniform", "uniform-scratch")
+    budgets: tuple = (("mobile", 0.5), ("mobile", 0.25), ("cpu", 0.7))  # (target, fraction of the base cost)
+    seeds: tuple = (0, 1, 2)
+    data: str = "fashion-mnist"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    base_epochs: float = 10.0
+    epochs: float = 3.0  # fine-tuning budget of every method
+    lr: float = 0.05
+    batch_size: int = 128
+    latency_models: tuple = ("mobilenet_v2",)  # models that get the cpu budget (latency is slow to cost)
+
+
+PROFILES = {
+    "tiny": BenchConfig(models=("vgg_small",), width=0.25, methods=("splitting", "l1", "uniform"),
+                        budgets=(("mobile", 0.5),), seeds=(0,), data="digits", base_epochs=2, epochs=0.5,
+                        latency_models=()),
+    "quick": BenchConfig(models=("mobilenet_v2",), seeds=(0,), train_subset=4000, test_subset=2000, base_epochs=3,
+                         epochs=1.0, budgets=(("mobile", 0.5),), latency_models=()),
+    "medium": BenchConfig(methods=("splitting", "l1", "taylor", "slimming", "uniform", "uniform-scratch"),
+                          train_subset=8000, base_epochs=4, epochs=2.0),
+    "full": BenchConfig(),
+}
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["model"], row["target"], row["budget_name"], row["method"], str(row["seed"]))
+
+
+def _done_rows(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        return {_row_key(r): r for r in csv.DictReader(f)}
+
+
+def _append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        f.flush()
+
+
+def base_model(name: str, config: BenchConfig, data, out: Path, log):
+    """Train (or reload) the shared base model of ``name``."""
+    from .archive import load_model, save_model
+    from .train import TrainConfig, train
+    from .zoo import create_model
+
+    path = out / f"base_{name}.es"
+    arch = {"name": name, "kwargs": {"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                     "width": config.width}}
+    if path.exists():
+        model, _ = load_model(path)
+        return model, arch
+    torch.manual_seed(1234)
+    model = create_model(name, **arch["kwargs"])
+    result = train(model, data.train, TrainConfig(epochs=config.base_epochs, lr=config.lr, batch_size=config.batch_size,
+                                                  seed=1234), val=data.val, desc=f"base {name}")
+    log(f"base {name}: val acc {result.val_accuracy:.4f} after {config.base_epochs:g} epochs ({result.seconds:.0f} s)")
+    save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    return model, arch
+
+
+def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=print) -> Path:
+    from .data import load_dataset
+    from .estimate import create_target
+    from .methods import METHODS, MethodContext
+    from .train import TrainConfig, evaluate, seed_everything
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", {"command": command, "config": asdict(config)})
+    data = load_dataset(config.data)
+    if config.train_subset or config.test_subset:
+        data = data.subset(train=config.train_subset, val=1000 if config.train_subset else None,
+                           test=config.test_subset)
+    csv_path = out / "results.csv"
+    done = _done_rows(csv_path)
+    estimators = {name: create_target(name) for name in ("flops", "mobile", "cpu")}
+    shape = data.input_shape
+    for model_name in config.models:
+        base, arch = base_model(model_name, config, data, out, log)
+        base_eval = evaluate(base, data.test)
+        for target_name, fraction in config.budgets:
+            if target_name == "cpu" and model_name not in config.latency_models:
+                continue
+            target = estimators[target_name]
+            budget = fraction * target.predict(base, shape).total
+            rows = [("base", None)] + [(m, s) for m in config.methods for s in config.seeds]
+            for method, seed in rows:
+                row = {"model": model_name, "target": target_name, "budget_name": f"{fraction:g}", "budget": budget,
+                       "unit": target.unit, "method": method, "seed": "" if seed is None else seed}
+                if _row_key(row) in done:
+                    continue
+                start = time.perf_counter()
+                try:
+                    if seed is None:
+                        model, acc = base, base_eval.accuracy
+                    else:
+                        seed_everything(seed)
+                        ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
+                                            batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
+                                            log=lambda s: log(f"  [{model_name} {target_name} {fraction:g} {method} "
+                                                              f"s{seed}] {s}"))
+                        model = METHODS.get(method)(copy.deepcopy(base), ctx)
+                        acc = evaluate(model, data.test).accuracy
+                    row.update(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
+                               mobile_mJ=estimators["mobile"].predict(model, shape).total,
+                               cpu_ms=estimators["cpu"].estimate(model, shape).total,
+                               params=sum(p.numel() for p in model.parameters()),
+                               cost_on_target=target.predict(model, shape).total, status="ok")
+                except Exception as exc:  # one method's failure must not stop the sweep
+                    row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                    log(traceback.format_exc(limit=3))
+                row["wall_s"] = time.perf_counter() - start
+                _append(csv_path, row)
+                log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
+                    + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
+                       if row["status"] == "ok" else f"FAILED {row['error']}"))
+    summarise(out)
+    return out
+
+
+def summarise(out: str | Path):
+    """Mean and std over seeds per model/budget/method -> summary.csv, summary.md and pareto.png."""
+    import pandas as pd
+
+    out = Path(out)
+    df = pd.read_csv(out / "results.csv")
+    ok = df[df.status == "ok"]
+    cols = ["test_accuracy", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s"]
+    summary = ok.groupby(["model", "target", "budget_name", "method"])[cols].agg(["mean", "std", "count"])
+    summary.columns = ["_".join(c) for c in summary.columns]
+    summary = summary.reset_index()
+    summary.to_csv(out / "summary.csv", index=False)
+    lines = ["| model | target | budget | method | accuracy (mean ± std, n) | mobile mJ | cpu ms | MACs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.sort_values(["model", "target", "budget_name", "test_accuracy_mean"],
+                                    ascending=[True, True, False, False]).iterrows():
+        std = 0.0 if pd.isna(r.test_accuracy_std) else r.test_accuracy_std
+        lines.append(f"| {r.model} | {r.target} | {r.budget_name} | {r.method} | {r.test_accuracy_mean:.4f} ± "
+                     f"{std:.4f} ({int(r.test_accuracy_count)}) | {r.mobile_mJ_mean:.4f} | {r.cpu_ms_mean:.3f} | "
+                     f"{r.flops_MACs_mean:,.0f} |")
+    failed = df[df.status != "ok"]
+    if len(failed):
+        lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed {r.seed}: {r.error}"
+                                         for _, r in failed.iterrows()]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    pareto_plot(ok, out / "pareto.png")
+    return summary
+
+
+def pareto_plot(df, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(df.model.unique())
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for i, model in enumerate(models):
+        sub = df[df.model == model]
+        for j, (col, label) in enumerate([("mobile_mJ", "energy on mobile [mJ]"), ("cpu_ms", "ONNX Runtime latency [ms]")]):
+            ax = axes[i][j]
+            for method, g in sub.groupby("method"):
+                agg = g.groupby(["target", "budget_name"]).agg(x=(col, "mean"), y=("test_accuracy", "mean"),
+                                                               e=("test_accuracy", "std")).reset_index()
+                ax.errorbar(agg.x, agg.y, yerr=agg.e.fillna(0), fmt="*" if method == "splitting" else "o",
+                            ms=11 if method == "splitting" else 6, capsize=3, label=method)
+            ax.set_xlabel(label)
+            ax.set_ylabel("test accuracy")
+            ax.set_title(model)
+            ax.grid(alpha=0.3)
+        axes[i][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

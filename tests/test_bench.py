@@ -1,0 +1,26 @@
+import csv
+from dataclasses import replace
+
+from energysplit.bench import PROFILES, run_benchmark
+
+
+def test_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
+    config = replace(PROFILES["tiny"], methods=("splitting", "l1", "no-such-method"), train_subset=300,
+                     base_epochs=1, epochs=0.3)
+    out = run_benchmark(config, tmp_path / "bench", command="test", log=lambda s: None)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"base", "splitting", "l1", "no-such-method"}
+    assert by_method["no-such-method"]["status"] == "failed"  # recorded, and the sweep went on
+    assert "unknown method" in by_method["no-such-method"]["error"]
+    base_cost = float(by_method["base"]["mobile_mJ"])
+    for method in ("splitting", "l1"):
+        row = by_method[method]
+        assert row["status"] == "ok"
+        assert float(row["cost_on_target"]) <= float(row["budget"]) <= 0.5 * base_cost * (1 + 1e-9)
+        assert 0.0 <= float(row["test_accuracy"]) <= 1.0 and float(row["cpu_ms"]) > 0
+    for name in ("summary.csv", "summary.md", "pareto.png", "config.json"):
+        assert (out / name).exists(), name
+    # a second run skips every finished row
+    run_benchmark(config, out, log=lambda s: None)
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)
