@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -315,7 +316,41 @@ def run_calibrate(args) -> int:
     return 0
 
 
-COMMANDS = [add_models, add_train, add_inspect, add_compress, add_targets, add_estimate, add_calibrate]
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="compare splitting with the pruning baselines at equal budgets",
+                       description="Train one base model per architecture, compress it with every method to "
+                                   "the same budgets and fine-tuning epochs over several seeds; write results.csv, "
+                                   "summary.csv/.md and pareto.png. Re-running the same command resumes.")
+    p.add_argument("--profile", default="quick", help="tiny, quick (default), medium or full")
+    p.add_argument("--out", help="output directory (default benchmarks/results/compare-<profile>)")
+    p.add_argument("--models", help="comma-separated zoo names (overrides the profile)")
+    p.add_argument("--methods", help="comma-separated methods (overrides the profile)")
+    p.add_argument("--seeds", help="comma-separated seeds (overrides the profile)")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> int:
+    import shlex
+    from dataclasses import replace
+
+    from .bench import PROFILES, run_benchmark
+
+    if args.profile not in PROFILES:
+        raise ValueError(f"unknown profile {args.profile!r}; use one of {', '.join(PROFILES)}")
+    config = PROFILES[args.profile]
+    if args.models:
+        config = replace(config, models=tuple(args.models.split(",")))
+    if args.methods:
+        config = replace(config, methods=tuple(args.methods.split(",")))
+    if args.seeds:
+        config = replace(config, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    out = args.out or f"benchmarks/results/compare-{args.profile}"
+    run_benchmark(config, out, command="energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print((Path(out) / "summary.md").read_text())
+    return 0
+
+
+COMMANDS = [add_models, add_train, add_inspect, add_compress, add_targets, add_estimate, add_calibrate, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
