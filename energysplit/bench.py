@@ -44,7 +44,8 @@ PROFILES = {
     "quick": BenchConfig(models=("mobilenet_v2",), seeds=(0,), train_subset=4000, test_subset=2000, base_epochs=3,
                          epochs=1.0, budgets=(("mobile", 0.5),), latency_models=()),
     "medium": BenchConfig(methods=("splitting", "l1", "taylor", "slimming", "uniform", "uniform-scratch"),
-                          train_subset=8000, base_epochs=4, epochs=2.0),
+                          budgets=(("mobile", 0.5), ("mobile", 0.25)), train_subset=4000, test_subset=5000,
+                          base_epochs=6, epochs=2.0),
     "full": BenchConfig(),
 }
 
