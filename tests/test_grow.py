@@ -1,0 +1,103 @@
+import copy
+
+import pytest
+import torch
+
+from energysplit.errors import BudgetError
+from energysplit.estimate import create_target
+from energysplit.graph import build_inventory
+from energysplit.grow import Checkpoint, GrowConfig, fit_plan, grow
+from energysplit.plan import Split
+from energysplit.train import TrainConfig, train
+from energysplit.zoo import create_model
+
+ARCH = {"name": "vgg_small", "kwargs": {"width": 0.25, "act": "silu"}}
+
+
+@pytest.fixture(scope="module")
+def seed_model(digits):
+    torch.manual_seed(0)
+    model = create_model("vgg_small", width=0.25, act="silu")
+    train(model, digits.train, TrainConfig(epochs=2, progress=False))
+    return model
+
+
+def _config(**kw):
+    ft = TrainConfig(epochs=0.2, progress=False)
+    return GrowConfig(score_samples=256, finetune=ft, final_finetune=ft, max_steps=3, **kw)
+
+
+def test_growth_lands_under_the_budget_and_logs_steps(digits, seed_model):
+    energy = create_target("mobile")
+    start = energy.predict(seed_model, digits.input_shape).total
+    budget = 1.8 * start
+    result = grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), log=lambda s: None)
+    assert result.steps, result.stop_reason
+    assert start < result.final_cost <= budget
+    for step in result.steps:
+        assert step.cost_after <= min(budget, 1.4 * step.cost_before) * (1 + 1e-9)
+        assert step.neurons_split == sum(step.split_per_group.values()) > 0
+        assert step.predicted_loss_change < 0  # only negative splitting indices are chosen
+    widths = build_inventory(result.model, digits.input_shape).widths()
+    assert sum(widths.values()) > sum(build_inventory(seed_model, digits.input_shape).widths().values())
+
+
+def test_seed_over_budget_is_refused(digits, seed_model):
+    energy = create_target("mobile")
+    with pytest.raises(BudgetError, match="over the budget"):
+        grow(copy.deepcopy(seed_model), digits, energy, 0.5 * energy.predict(seed_model, digits.input_shape).total,
+             _config(), log=lambda s: None)
+
+
+def test_fit_plan_trims_to_the_limit(digits, seed_model):
+    flops = create_target("flops")
+    inventory = build_inventory(seed_model, digits.input_shape)
+    groups = [g for g in inventory.splittable()]
+    ops = [Split(g.id, c) for g in groups for c in range(3)]
+    cost = flops.predict(seed_model, digits.input_shape).total
+    limit = cost * 1.05
+    kept = fit_plan(seed_model, inventory, ops, flops, digits.input_shape, limit)
+    assert 0 < len(kept) < len(ops) and kept == ops[:len(kept)]
+    from energysplit.plan import Plan
+    from energysplit.surgery import apply_plan_
+
+    for k, expect_fit in ((len(kept), True), (len(kept) + 1, False)):
+        trial = copy.deepcopy(seed_model)
+        apply_plan_(trial, inventory, Plan(ops[:k]))
+        assert (flops.predict(trial, digits.input_shape).total <= limit) == expect_fit
+
+
+def test_resume_after_an_interruption_gives_the_same_model(digits, seed_model, tmp_path):
+    energy = create_target("mobile")
+    budget = 1.8 * energy.predict(seed_model, digits.input_shape).total
+    full = grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), log=lambda s: None)
+    assert len(full.steps) >= 2
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_step(line):
+        if line.startswith("step 1:"):
+            raise Stop
+
+    ckpt = Checkpoint(tmp_path / "work", ARCH | {"kwargs": {**ARCH["kwargs"], "in_channels": 1, "num_classes": 10}},
+                      digits.input_shape)
+    with pytest.raises(Stop):
+        grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), checkpoint=ckpt, log=stop_after_first_step)
+    # the interruption hit after step 1 was applied but before it was checkpointed: rerun from the seed
+    assert not (tmp_path / "work" / "state.json").exists()
+    ckpt.save(*_replay_first_step(seed_model, digits, energy, budget))
+    resumed = grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), checkpoint=ckpt, resume=True,
+                   log=lambda s: None)
+    assert [s.cost_after for s in resumed.steps] == [s.cost_after for s in full.steps]
+    for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def _replay_first_step(seed_model, digits, energy, budget):
+    """The state a checkpoint holds after step 1 (a one-step run without its final fine-tune)."""
+    from dataclasses import replace
+
+    config = replace(_config(), max_steps=1, final_finetune=TrainConfig(epochs=0, progress=False))
+    one = grow(copy.deepcopy(seed_model), digits, energy, budget, config, log=lambda s: None)
+    return one.model, one.steps, "grow"
