@@ -109,45 +109,47 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
     done = _done_rows(csv_path)
     estimators = {name: create_target(name) for name in ("flops", "mobile", "cpu")}
     shape = data.input_shape
+    jobs = []  # seed-major order: a sweep cut short still covers every method and budget
     for model_name in config.models:
         base, arch = base_model(model_name, config, data, out, log)
-        base_eval = evaluate(base, data.test)
-        for target_name, fraction in config.budgets:
-            if target_name == "cpu" and model_name not in config.latency_models:
-                continue
-            target = estimators[target_name]
-            budget = fraction * target.predict(base, shape).total
-            rows = [("base", None)] + [(m, s) for m in config.methods for s in config.seeds]
-            for method, seed in rows:
-                row = {"model": model_name, "target": target_name, "budget_name": f"{fraction:g}", "budget": budget,
-                       "unit": target.unit, "method": method, "seed": "" if seed is None else seed}
-                if _row_key(row) in done:
-                    continue
-                start = time.perf_counter()
-                try:
-                    if seed is None:
-                        model, acc = base, base_eval.accuracy
-                    else:
-                        seed_everything(seed)
-                        ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
-                                            batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
-                                            log=lambda s: log(f"  [{model_name} {target_name} {fraction:g} {method} "
-                                                              f"s{seed}] {s}"))
-                        model = METHODS.get(method)(copy.deepcopy(base), ctx)
-                        acc = evaluate(model, data.test).accuracy
-                    row.update(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
-                               mobile_mJ=estimators["mobile"].predict(model, shape).total,
-                               cpu_ms=estimators["cpu"].estimate(model, shape).total,
-                               params=sum(p.numel() for p in model.parameters()),
-                               cost_on_target=target.predict(model, shape).total, status="ok")
-                except Exception as exc:  # one method's failure must not stop the sweep
-                    row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-                    log(traceback.format_exc(limit=3))
-                row["wall_s"] = time.perf_counter() - start
-                _append(csv_path, row)
-                log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
-                    + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
-                       if row["status"] == "ok" else f"FAILED {row['error']}"))
+        budgets = [(t, f, estimators[t].predict(base, shape).total * f) for t, f in config.budgets
+                   if t != "cpu" or model_name in config.latency_models]
+        jobs += [(model_name, base, arch, t, f, b, "base", None) for t, f, b in budgets]
+        jobs += [(model_name, base, arch, t, f, b, m, s) for s in config.seeds for t, f, b in budgets
+                 for m in config.methods]
+    base_acc = {}
+    for model_name, base, arch, target_name, fraction, budget, method, seed in jobs:
+        target = estimators[target_name]
+        row = {"model": model_name, "target": target_name, "budget_name": f"{fraction:g}", "budget": budget,
+               "unit": target.unit, "method": method, "seed": "" if seed is None else seed}
+        if _row_key(row) in done:
+            continue
+        start = time.perf_counter()
+        try:
+            if seed is None:
+                model = base
+                acc = base_acc.setdefault(model_name, evaluate(base, data.test).accuracy)
+            else:
+                seed_everything(seed)
+                ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
+                                    batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
+                                    log=lambda s, tag=f"{model_name} {target_name} {fraction:g} {method} s{seed}":
+                                    log(f"  [{tag}] {s}"))
+                model = METHODS.get(method)(copy.deepcopy(base), ctx)
+                acc = evaluate(model, data.test).accuracy
+            row.update(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
+                       mobile_mJ=estimators["mobile"].predict(model, shape).total,
+                       cpu_ms=estimators["cpu"].estimate(model, shape).total,
+                       params=sum(p.numel() for p in model.parameters()),
+                       cost_on_target=target.predict(model, shape).total, status="ok")
+        except Exception as exc:  # one method's failure must not stop the sweep
+            row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            log(traceback.format_exc(limit=3))
+        row["wall_s"] = time.perf_counter() - start
+        _append(csv_path, row)
+        log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
+            + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
+               if row["status"] == "ok" else f"FAILED {row['error']}"))
     summarise(out)
     return out
 

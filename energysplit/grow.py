@@ -37,7 +37,8 @@ class GrowConfig:
     selector: str = "lp"
     threshold: float = 0.9
     solver: str = "fast"
-    score_samples: int = 2048  # training images used to score each step
+    score_samples: int = 1024  # training images used to score each step
+    min_step_fraction: float = 0.1  # stop when the budget left is under this fraction of a full step
     max_steps: int = 10
     finetune: TrainConfig = TrainConfig(epochs=0.5)  # after each split step
     final_finetune: TrainConfig = TrainConfig(epochs=1.0)
@@ -122,9 +123,12 @@ class Checkpoint:
 
     def save(self, model, steps: list[StepRecord], phase: str) -> None:
         from .archive import save_model
+        from .distributed import barrier, is_main
 
-        save_model(model, self.dir / "model.es", self.arch, self.input_shape)
-        atomic_write_json(self.dir / "state.json", {"phase": phase, "steps": [asdict(s) for s in steps]})
+        if is_main():  # data-parallel runs: rank 0 writes, the others wait for it
+            save_model(model, self.dir / "model.es", self.arch, self.input_shape)
+            atomic_write_json(self.dir / "state.json", {"phase": phase, "steps": [asdict(s) for s in steps]})
+        barrier()
 
     def load(self):
         from .archive import load_model
@@ -144,7 +148,9 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     from .eigen import splitting_scores
     from .graph import build_inventory
     from .surgery import apply_plan_
+    from .distributed import check_in_sync, main_only, rank_zero_estimator
 
+    estimator, log = rank_zero_estimator(estimator), main_only(log)  # both unchanged in a single process
     input_shape = data.input_shape
     steps: list[StepRecord] = []
     phase = "grow"
@@ -161,8 +167,8 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     while phase == "grow" and len(steps) < config.max_steps:
         step = len(steps) + 1
         step_limit = min(budget, cost * config.step_growth)
-        if step_limit - cost <= 0:
-            stop = "budget reached"
+        if step_limit - cost <= config.min_step_fraction * cost * (config.step_growth - 1):
+            stop = "budget reached (what is left is under min_step_fraction of a step)"
             break
         t0 = time.perf_counter()
         batches = _score_batches(data, config.score_samples, 64, config.seed * 1000 + step)
@@ -182,6 +188,7 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
         new_cost = estimator.predict(model, input_shape).total
         ft = replace(config.finetune, seed=config.seed * 1000 + step)
         result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
+        check_in_sync(model, f"growth step {step}")
         per_group: dict[str, int] = {}
         for op in ops:
             per_group[op.group] = per_group.get(op.group, 0) + 1
