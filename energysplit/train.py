@@ -114,14 +114,17 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     seed_everything(config.seed)
     start = time.perf_counter()
     device = model_device(model)
-    loader = make_loader(data, config.batch_size, shuffle=True, seed=config.seed, sampler=sampler)
+    from .distributed import broadcast_module_, data_parallel, is_main
+
+    net, sampler, batch_size = data_parallel(model, data, config.batch_size, config.seed, sampler)  # DDP if launched
+    loader = make_loader(data, batch_size, shuffle=True, seed=config.seed, sampler=sampler)
     total = int(round(config.epochs * len(loader)))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
     step, running, epoch = 0, 0.0, 0
-    bar = _progress(range(total), total, desc, config.progress)
+    bar = _progress(range(total), total, desc, config.progress and is_main())
     batches = iter(())
     for step in bar:
         try:
@@ -134,15 +137,17 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             x, y = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps)
-        loss = criterion(model(x.to(device)), y.to(device))
+        loss = criterion(net(x.to(device)), y.to(device))
         if penalty is not None:
             loss = loss + penalty(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
-        if config.progress and step % 20 == 0:
+        if config.progress and is_main() and step % 20 == 0:
             bar.set_postfix(loss=f"{running:.3f}")
+    if net is not model:  # DDP syncs gradients, not BatchNorm statistics: take rank 0's
+        broadcast_module_(model)
     result = TrainResult(config.epochs, total, 0.0, running)
     if val is not None:
         ev = evaluate(model, val, progress=False)
@@ -158,7 +163,9 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512, progress: b
     device = model_device(model)
     was_training = model.training
     model.eval()
-    loader = make_loader(data, batch_size, shuffle=False)
+    from .distributed import shard_dataset, sum_over_ranks
+
+    loader = make_loader(shard_dataset(data), batch_size, shuffle=False)  # this rank's share if launched
     correct, loss_sum, count = 0, 0.0, 0
     for x, y in _progress(loader, len(loader), "eval", progress):
         x, y = x.to(device), y.to(device)
@@ -167,5 +174,6 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512, progress: b
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
     model.train(was_training)
+    correct, loss_sum, count = sum_over_ranks(correct, loss_sum, count)
     count = max(count, 1)
     return EvalResult(correct / count, loss_sum / count, count, time.perf_counter() - start)
