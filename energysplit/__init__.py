@@ -26,6 +26,7 @@ _API = {
     "splitting_scores": "eigen", "GroupScores": "eigen", "SOLVERS": "eigen", "CurvatureConfig": "activations",
     "FastConfig": "rayleigh", "ExactConfig": "exact", "splitting_matrices": "exact",
     "select_splits": "selection", "Selection": "selection", "SELECTORS": "selection",
+    "init_distributed": "distributed", "destroy_distributed": "distributed",
 }
 
 __all__ = sorted(_API) + ["__version__"]
