@@ -128,7 +128,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"distributed_{cpu_name()}-torch{torch.__version__.split('+')[0]}-t{args.threads}.json"
     path.write_text(json.dumps({"command": shlex.join(["python", "benchmarks/bench_distributed.py", *sys.argv[1:]]),
-                                "settings": vars(args),
+                                "settings": {k: v for k, v in vars(args).items() if k != "worker"},
                                 "cores": os.cpu_count(), "rows": rows}, indent=2) + "\n")
     print(f"wrote {path}")
 
