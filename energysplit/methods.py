@@ -182,10 +182,11 @@ def uniform_scratch(model: nn.Module, ctx: MethodContext) -> nn.Module:
 
 
 @METHODS.register("splitting")
-def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.5, seed_method: str = "l1") -> nn.Module:
+def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor") -> nn.Module:
     """Energy-aware splitting (METHOD.md section 5): shrink the trained model to a seed costing
-    ``seed_fraction`` of the budget (L1 pruning, keeping weights), then grow it back to the budget by
-    energy-aware splitting. Fine-tuning epochs: 20% after seeding, 40% over the growth steps, 40% final."""
+    ``seed_fraction`` of the budget with the strongest pruning baseline (Taylor, keeping weights), then grow
+    it back to the budget by energy-aware splitting (steps of at most x1.4). Fine-tuning epochs: 30% after
+    seeding, 20% spread over the growth steps, 50% final; the same total as every baseline."""
     from .grow import Checkpoint, GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
@@ -194,10 +195,10 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.5, 
     resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "state.json").exists()
     if not resumed:
         _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget)
-        _finetune(model, ctx, 0.2 * epochs, desc="seed fine-tune")
+        _finetune(model, ctx, 0.3 * epochs, desc="seed fine-tune")
     config = GrowConfig(step_growth=1.4, max_steps=steps + 2, seed=ctx.seed,
-                        finetune=replace(ctx.train, epochs=0.4 * epochs / steps),
-                        final_finetune=replace(ctx.train, epochs=0.4 * epochs))
+                        finetune=replace(ctx.train, epochs=0.2 * epochs / steps),
+                        final_finetune=replace(ctx.train, epochs=0.5 * epochs))
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint, resume=resumed,
                   log=ctx.log)
