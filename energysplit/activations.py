@@ -80,24 +80,28 @@ def is_identity(name: str | None) -> bool:
 
 # --- piecewise-linear activations: kinks (location, slope jump) -----------------------------------
 
-def _bump(a: Tensor, beta: float) -> Tensor:
-    """Second derivative of softplus_beta(a) = log(1 + exp(beta a)) / beta."""
-    s = torch.sigmoid(beta * a)
-    return beta * s * (1 - s)
+def _const(value: float, like: Tensor) -> Tensor:
+    return torch.full((), value, dtype=like.dtype, device=like.device).expand_as(like)
 
 
 def _piecewise(a: Tensor, config: CurvatureConfig, base: float, kinks: list[tuple[float, float]]):
-    """act = base slope plus slope jumps ``j`` at ``k``: act'(a) = base + sum j [a > k]."""
-    d1 = torch.full_like(a, base)
-    d2 = torch.zeros_like(a)
+    """act = base slope plus slope jumps ``j`` at ``k``: act'(a) = base + sum j [a > k]; the softplus
+    surrogate act''(a) = sum j beta s (1 - s), s = sigmoid(beta (a - k)). Fused aten kernels: these run
+    on every activation of the network at every step of the fast solver."""
+    d1 = d2 = None
     for k, j in kinks:
+        s = torch.mul(a - k if k else a, config.beta).sigmoid_()
         if config.relu_slope == "step":
-            d1 = d1 + j * (a > k).to(a.dtype)
+            t1 = torch.ops.aten.threshold_backward(_const(j, a), a, k)  # j where a > k, else 0
         else:
-            d1 = d1 + j * torch.sigmoid(config.beta * (a - k))
+            t1 = s * j
+        d1 = t1 if d1 is None else d1.add_(t1)
         if config.relu == "softplus":
-            d2 = d2 + j * _bump(a - k, config.beta)
-    return d1, d2
+            t2 = torch.ops.aten.sigmoid_backward(_const(j * config.beta, a), s)  # j beta s (1 - s)
+            d2 = t2 if d2 is None else d2.add_(t2)
+    if base:
+        d1 = d1.add_(base)
+    return d1, torch.zeros_like(a) if d2 is None else d2
 
 
 @ACTIVATIONS.register("relu")

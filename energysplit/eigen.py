@@ -66,6 +66,8 @@ def splitting_scores(model: nn.Module, batches: Iterable | Dataset, inventory: I
         if missing:
             raise KeyError(f"not splittable or unknown groups: {', '.join(sorted(missing))}")
     loss_fn = loss_fn or nn.functional.cross_entropy
+    if not chosen:
+        return {}
     with evaluating(model):
         return solver(model, batches, chosen, curvature, config, loss_fn)
 

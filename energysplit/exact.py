@@ -197,6 +197,7 @@ def splitting_matrices(model, batches, groups: list[Group], curvature: Curvature
     total = 0
     with ChainTaps(model, trackers) as taps:
         for x, target in iterate_batches(batches, config.batch_size):
+            x, target = x.to(device), target.to(device)
             loss = loss_fn(taps.forward(x), target)
             grads = torch.autograd.grad(loss, [t.probe for t in trackers])
             with torch.no_grad():

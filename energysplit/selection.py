@@ -78,7 +78,7 @@ class Selection:
         ops = []
         for c in self.chosen:
             v = scores[c.group].eigvecs[c.channel].detach()
-            ops.append(Split(c.group, c.channel, (v / v.norm()).cpu(), float(self.eps)))
+            ops.append(Split(c.group, c.channel, v / v.norm(), float(self.eps)))
         return Plan(ops)
 
     def rows(self) -> list[dict]:

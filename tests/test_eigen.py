@@ -24,7 +24,8 @@ def layer(x, producer, chain, name, split):
         delta = nn.functional.linear(x, W) if isinstance(producer, nn.Linear) else producer._conv_forward(x, W, None)
         plus, minus = chain(producer(x) + delta), chain(producer(x) - delta)
         out = plus.clone()
-        out[:, k] = 0.5 * (plus[:, k] + minus[:, k])
+        idx = (..., k) if isinstance(producer, nn.Linear) else (slice(None), k)  # channel dim: last or 1
+        out[idx] = 0.5 * (plus[idx] + minus[idx])
     return out
 
 
@@ -259,6 +260,33 @@ class Pointwise(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+class Tokens(nn.Module):
+    """Linear layers on (N, T, d) inputs: channels are the last dim, positions are tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 3)
+
+    def forward(self, x, split=None):
+        h = layer(layer(x, self.fc1, torch.tanh, "fc1", split), self.fc2, nn.functional.silu, "fc2", split)
+        return self.head(h.mean(1))
+
+
+def test_linear_producers_on_token_sequences():
+    model = make(Tokens)
+    inv = inventory(Group("fc1", 5, ("fc1",), (ChainOp("act", "torch.tanh", "tanh"),)),
+                    Group("fc2", 4, ("fc2",), (ChainOp("act", "torch.nn.functional.silu", "silu"),)))
+    x, y = torch.randn(5, 7, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    vs = {g.id: torch.randn(g.width, model.get_submodule(g.id).in_features, dtype=torch.float64) for g in inv}
+    with evaluating(model):
+        S = splitting_matrices(model, [(x, y)], inv.splittable())
+        products = [splitting_products(model, (x, y), inv.splittable(), vs, engine=e) for e in ("adjoint", "term")]
+    for g in inv.splittable():
+        torch.testing.assert_close(S[g.id], oracle_matrices(model, g, x, y), rtol=1e-7, atol=1e-12)
+        for Sv in products:
+            torch.testing.assert_close(Sv[g.id], torch.einsum("kde,ke->kd", S[g.id], vs[g.id]))
+
+
 def test_exact_matches_hessian_strided_pointwise_and_grouped_producers():
     model = make(Pointwise)
     inv = inventory(Group("c0", 4, ("c0",), (ChainOp("act", "a0", "tanh"),)),
@@ -326,3 +354,12 @@ def test_one_shot_iterator_is_refused_and_dataset_accepted():
     b = splitting_scores(model, [(x, y)], mlp_inventory(), "exact")
     for gid in a:
         torch.testing.assert_close(a[gid].eigvals, b[gid].eigvals)
+
+
+def test_fast_config_validates():
+    for bad in ({"passes": 0}, {"lr": 0}, {"momentum": 1.0}, {"alpha": 0}, {"schedule": "step"},
+                {"engine": "magic"}, {"eigval_estimate": "max"}):
+        with pytest.raises(ValueError):
+            FastConfig(**bad)
+    with pytest.raises(TypeError, match="takes a FastConfig"):
+        splitting_scores(make(Mlp), [mlp_data()], mlp_inventory(), "fast", config=ExactConfig())
