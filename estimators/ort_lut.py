@@ -152,6 +152,13 @@ def _kernel_times(onnx_bytes: bytes, threads: int, runs: int = 30) -> dict[str, 
     return {**out, **{f"n_{k}": v for k, v in count.items()}}
 
 
+def _valid_entries(data: dict) -> dict[str, dict]:
+    """The ``{"ms", "ri", "ro"}`` entries of a table of this format (an older cache's are dropped)."""
+    if data.get("format") != FORMAT:
+        return {}
+    return {k: v for k, v in data.get("entries", {}).items() if isinstance(v, dict) and {"ms", "ri", "ro"} <= set(v)}
+
+
 class LatencyLUT:
     """Block latencies (ms, median) of this host, loaded from and saved to ``path`` (JSON).
 
@@ -176,7 +183,7 @@ class LatencyLUT:
                                  "calibrate again")
             if data.get("format") != FORMAT:  # an old cache of this host: measure again
                 data = {**self.meta, "entries": {}}
-            self.entries = dict(data.get("entries", {}))
+            self.entries = _valid_entries(data)
             self.overhead_ms = data.get("overhead_ms")
             mine = (self.meta["host"], self.meta["threads"], self.meta["versions"]["onnxruntime"])
             theirs = (data.get("host"), data.get("threads"), data.get("versions", {}).get("onnxruntime"))
@@ -247,7 +254,7 @@ class LatencyLUT:
         if self.path.exists():  # merge entries another process added meanwhile
             try:
                 old = json.loads(self.path.read_text())
-                data["entries"] = {**old.get("entries", {}), **data["entries"]}
+                data["entries"] = {**_valid_entries(old), **data["entries"]}
             except (OSError, ValueError):
                 pass
         atomic_write_json(self.path, data)
