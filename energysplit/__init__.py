@@ -27,6 +27,7 @@ _API = {
     "FastConfig": "rayleigh", "ExactConfig": "exact", "splitting_matrices": "exact",
     "select_splits": "selection", "Selection": "selection", "SELECTORS": "selection",
     "init_distributed": "distributed", "destroy_distributed": "distributed",
+    "CompressConfig": "compress", "parse_budget": "budget", "export_onnx": "export",
 }
 
 __all__ = sorted(_API) + ["__version__"]

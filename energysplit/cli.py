@@ -135,12 +135,19 @@ def run_inspect(args) -> int:
 
 def add_compress(sub) -> None:
     p = sub.add_parser("compress", help="compress a model to a device budget (splitting or a pruning baseline)",
-                       description="Compress MODEL to the budget of --target; with no MODEL (or --demo) train the "
-                                   "built-in default (MobileNetV2 x0.5 on Fashion-MNIST) first.")
+                       description="Compress MODEL to the budget of --target; with no MODEL (or --demo) first train "
+                                   "the built-in default (MobileNetV2 x0.5 on 8,000 Fashion-MNIST images, 2 epochs) "
+                                   "and halve its energy on the mobile target.",
+                       epilog="Writes into --out: model.es (reload with energysplit.load_model), model.onnx (checked "
+                              "in ONNX Runtime), report.json and report.md (before/after accuracy, MACs, params, "
+                              "latency, energy, widths per layer, time), steps.csv, growth.png and config.json (the "
+                              "resolved options and the command; reusable with --config). Work in progress is kept "
+                              "in --out/.work: after Ctrl-C or a crash, repeat the command with --resume.")
     p.add_argument("model", nargs="?", help="an energysplit archive (.es), a state dict (.pt, with --arch), "
                                              "or a pickled module (only with --trust-pickle)")
     p.add_argument("--demo", action="store_true", help="run the built-in default (ignores MODEL)")
-    p.add_argument("--arch", help="architecture of a state dict: a zoo name or torchvision:<name>")
+    p.add_argument("--arch", help="architecture of a state dict (a zoo name or torchvision:<name>), or of the "
+                                  "model trained in --demo")
     p.add_argument("--width", type=float, help="width multiplier of --arch")
     p.add_argument("--act", help="activation of --arch")
     p.add_argument("--target", help="device target (see `energysplit targets`; default mobile)")
@@ -154,9 +161,9 @@ def add_compress(sub) -> None:
     p.add_argument("--out", help="output directory (default runs/compress)")
     p.add_argument("--epochs", type=float, help="fine-tuning epochs, the same budget for every method (default 2)")
     p.add_argument("--base-epochs", type=float, help="epochs to train the default model in --demo (default 2)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="SGD learning rate (default 0.05)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same result (default 0)")
     p.add_argument("--config", help="JSON file of these options; flags given here override it")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
@@ -169,29 +176,36 @@ def add_compress(sub) -> None:
 def run_compress(args) -> int:
     import shlex
 
-    from .compress import DEMO, CompressConfig
+    from .compress import DEMO, CompressConfig, compress, read_config_file
+    from .report import summary
 
-    options = {k: getattr(args, k) for k in ("model", "arch", "width", "act", "target", "budget", "method", "data",
-                                             "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
-                                             "seed")}
-    options.update(resume=args.resume or None, force=args.force or None, trust_pickle=args.trust_pickle or None,
-                   progress=False if args.no_progress else None)
-    if args.demo or not args.model:
-        options["model"] = None
-        options = {**{k: v for k, v in DEMO.items()}, **{k: v for k, v in options.items() if v is not None}}
-    if args.config:
-        config = CompressConfig.from_file(args.config, **options)
-    else:
-        config = CompressConfig(**{k: v for k, v in options.items() if v is not None})
-    from .compress import compress
-
+    flags = {k: getattr(args, k) for k in ("model", "arch", "width", "act", "target", "budget", "method", "data",
+                                           "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
+                                           "seed")}
+    flags.update(resume=args.resume or None, force=args.force or None, trust_pickle=args.trust_pickle or None,
+                 progress=False if args.no_progress else None)
+    from_file = read_config_file(args.config) if args.config else {}
+    demo = args.demo or not (args.model or from_file.get("model"))
+    if demo:  # the built-in default job; a config file and flags still override its settings
+        flags["model"] = from_file["model"] = None
+    config = CompressConfig.resolve(DEMO if demo else {}, from_file, flags)
     command = "energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    report = compress(config, command=command)
-    b, a, budget = report["before"], report["after"], report["budget"]
-    print(f"\n{'':<24}{'before':>14}{'after':>14}")
-    for key in b:
-        fmt = (lambda v: f"{v:>14.4f}") if isinstance(b[key], float) and abs(b[key]) < 10 else (lambda v: f"{v:>14,.0f}")
-        print(f"{key:<24}{fmt(b[key])}{fmt(a[key])}")
+    from .distributed import destroy_distributed, init_distributed, is_main
+
+    init_distributed()  # under torchrun: join its process group (data-parallel); otherwise nothing
+    try:
+        report = compress(config, command=command)
+        main = is_main()
+    except KeyboardInterrupt:
+        hint = "; continue with the same command and --resume" if (Path(config.out) / ".work").is_dir() else ""
+        print(f"energysplit compress: interrupted{hint}", file=sys.stderr)
+        return 130
+    finally:
+        destroy_distributed()
+    if not main:  # rank 0 prints the summary
+        return 0
+    budget = report["budget"]
+    print("\n" + summary(report))
     print(f"\nbudget {budget['budget']:.4g} {budget['unit']} on {budget['target']}; outputs in {config.out}/ "
           "(report.md, model.es, model.onnx)")
     return 0
@@ -375,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import USER_ERRORS
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe (e.g. `| head`) shows up here at the latest
+        return code
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE, as a shell reports a command that a closed pipe stopped
     except USER_ERRORS as exc:
         print(f"energysplit {args.command}: error: {exc}", file=sys.stderr)
         return 2

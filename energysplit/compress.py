@@ -1,37 +1,46 @@
 """``energysplit compress``: a trained model + data + target + budget -> a smaller model and a report.
 
-Inputs are validated before any output is written; outputs go to ``DIR`` (the compressed model archive,
-the checked ONNX file, report.json/report.md, the per-step log, a plot, the resolved config). Work in
-progress lives in ``DIR/.work`` (atomic checkpoints) so ``--resume`` picks up after a crash.
+Every input is checked before anything is written (target, method, data, output directory, model file,
+architecture, budget); a failure then leaves the file system as it was. Work in progress lives in
+``DIR/.work`` (atomic checkpoints: the demo's trained base model, the growth steps), so a run killed at
+any point continues with ``resume=True`` from its last completed step and ends with the same result as
+an uninterrupted run with the same seed. The outputs (:mod:`energysplit.report`) appear at the end.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import BudgetError, EnergySplitError
+from .budget import DEFAULT_BUDGET
+from .errors import USER_ERRORS, BudgetError, EnergySplitError
 from .io import atomic_write_json
 
+# the built-in default job (``energysplit compress --demo``): train MobileNetV2 x0.5 on Fashion-MNIST, halve
+# its energy on the mobile target; a few minutes on two CPU cores
 DEMO = {"arch": "mobilenet_v2", "width": 0.5, "data": "fashion-mnist", "subset": 8000, "base_epochs": 2.0,
-        "epochs": 2.0, "target": "mobile", "budget": "0.5"}
+        "epochs": 2.0, "target": "mobile", "budget": DEFAULT_BUDGET}
 RESULT_FILES = ("report.json", "report.md", "model.es", "model.onnx", "steps.csv", "growth.png", "config.json")
+RUN_KEYS = ("out", "resume", "force", "progress")  # how to run, not what to compute: free to change on resume
+log_line = partial(print, flush=True)
 
 
 @dataclass(frozen=True)
 class CompressConfig:
-    model: str | None = None  # path: an energysplit archive, a state dict (with arch), or a pickled module
+    model: str | None = None  # an energysplit archive, a state dict (with arch), a pickled module; None: demo
     arch: str | None = None
     width: float | None = None
     act: str | None = None
     target: str = "mobile"
-    budget: str = "0.5"  # fraction of the input model's cost, or a value in the target's unit
+    budget: str = DEFAULT_BUDGET  # a fraction of the input model's cost, or a value with a unit (2.5mJ)
     method: str = "splitting"
     data: str = "fashion-mnist"
     data_dir: str | None = None
@@ -49,189 +58,199 @@ class CompressConfig:
     progress: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "budget", str(self.budget))
+        object.__setattr__(self, "report_targets", tuple(self.report_targets))
         if self.epochs < 0 or self.base_epochs < 0:
-            raise ValueError("epochs must be >= 0")
+            raise ValueError("--epochs and --base-epochs must be >= 0")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("--lr must be > 0 and --batch-size >= 1")
         if self.subset is not None and self.subset < 1:
-            raise ValueError("subset must be >= 1")
+            raise ValueError("--subset must be >= 1")
+        if self.width is not None and self.width <= 0:
+            raise ValueError("--width must be > 0")
 
     @classmethod
-    def from_file(cls, path: str, **overrides) -> "CompressConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EnergySplitError(f"cannot read config file {path}: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise EnergySplitError(f"config file {path} has unknown keys {sorted(unknown)}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        if "report_targets" in data:
-            data["report_targets"] = tuple(data["report_targets"])
-        return cls(**data)
+    def resolve(cls, *layers: dict) -> "CompressConfig":
+        """Later layers override earlier ones (defaults < demo < config file < flags); None means unset."""
+        merged: dict = {}
+        for layer in layers:
+            merged.update({k: v for k, v in layer.items() if v is not None})
+        return cls(**merged)
+
+    def key(self) -> dict:
+        """What determines the result (compared on resume)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_KEYS}
 
 
-def load_input_model(config: CompressConfig, in_channels: int, num_classes: int) -> tuple[nn.Module, dict]:
-    """(model, arch spec) from the MODEL path: an archive, a state dict with ``--arch``, or (opt-in) a
-    pickled module."""
-    from .archive import MAGIC, load_model
-
-    path = Path(config.model)
-    if not path.is_file():
-        raise EnergySplitError(f"model file {path} does not exist")
+def read_config_file(path: str) -> dict:
+    """Options from a JSON file: plain ``{field: value}`` or a run's saved ``config.json``. The run
+    controls (out, resume, force, progress) come from the command line only."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if not config.trust_pickle:
-            raise EnergySplitError(f"cannot read {path} as a state dict or energysplit archive "
-                                   f"({str(exc).splitlines()[0][:120]}); if it is a full pickled model you trust, "
-                                   "pass --trust-pickle") from None
-        try:
-            module = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise EnergySplitError(f"cannot read model file {path}: {str(exc2).splitlines()[0][:160]}") from None
-        if not isinstance(module, nn.Module):
-            raise EnergySplitError(f"{path} holds a {type(module).__name__}, not a torch.nn.Module")
-        cls = type(module)
-        return module, {"name": f"{cls.__module__}:{cls.__qualname__}", "kwargs": {}}
-    if isinstance(obj, dict) and obj.get("format") == MAGIC:
-        arch = obj.get("arch", {}).get("name", "")
-        if ":" in arch and not arch.startswith("torchvision:") and not config.trust_pickle:
-            raise EnergySplitError(f"{path} rebuilds its model by importing {arch!r}; pass --trust-pickle if you trust it")
-        model, record = load_model(path)
-        return model, record["arch"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise EnergySplitError(f"{path} is neither a state dict nor an energysplit archive")
-    if not config.arch:
-        raise EnergySplitError(f"{path} is a state dict: name its architecture with --arch (e.g. --arch mobilenet_v2)")
-    arch = arch_spec(config, in_channels, num_classes)
-    from .archive import build_model
-
-    model = build_model(arch)
-    try:
-        model.load_state_dict(obj, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()
-        detail = (first[1].strip() if len(first) > 1 else first[0])[:160]
-        raise EnergySplitError(f"the state dict in {path} does not match --arch {config.arch} "
-                               f"(width {config.width or 'default'}): {detail}") from None
-    return model, arch
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise EnergySplitError(f"cannot read config file {path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "command" in data:
+        data = data["config"]  # a saved config.json
+    if not isinstance(data, dict):
+        raise EnergySplitError(f"config file {path} must hold a JSON object of options")
+    unknown = set(data) - {f.name for f in fields(CompressConfig)}
+    if unknown:
+        raise EnergySplitError(f"config file {path} has unknown keys {sorted(unknown)}")
+    return {k: v for k, v in data.items() if k not in RUN_KEYS}
 
 
-def arch_spec(config: CompressConfig, in_channels: int, num_classes: int) -> dict:
-    if config.arch and config.arch.startswith("torchvision:"):
-        return {"name": config.arch, "kwargs": {"num_classes": num_classes}}
-    kwargs = {"in_channels": in_channels, "num_classes": num_classes}
-    if config.width is not None:
-        kwargs["width"] = config.width
-    if config.act is not None:
-        kwargs["act"] = config.act
-    return {"name": config.arch or DEMO["arch"], "kwargs": kwargs}
+def measure(model: nn.Module, data, targets, estimators: dict, desc: str = "measure", progress: bool = False) -> dict:
+    """Test accuracy and loss, params and the cost on every report target (keys carry the unit)."""
+    from .train import _progress, evaluate
 
-
-def measure(model: nn.Module, data, targets, estimators: dict) -> dict:
-    """Accuracy, params and the cost on every report target (with units)."""
-    from .train import evaluate
-
-    ev = evaluate(model, data.test)
-    row = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "params": sum(p.numel() for p in model.parameters())}
-    for name in targets:
-        est = estimators[name]
-        row[f"{name} [{est.unit}]"] = est.estimate(model, data.input_shape).total
+    bar = _progress(range(1 + len(targets)), 1 + len(targets), desc, progress)
+    row: dict = {}
+    for i in bar:
+        if i == 0:
+            ev = evaluate(model, data.test)
+            row.update(test_accuracy=ev.accuracy, test_loss=ev.loss, params=sum(p.numel() for p in model.parameters()))
+        else:
+            est = estimators[targets[i - 1]]
+            row[f"{targets[i - 1]} [{est.unit}]"] = est.estimate(model, data.input_shape).total
     return row
 
 
-def prepare_out(config: CompressConfig) -> Path:
+def check_out(config: CompressConfig) -> Path:
+    """The output directory, if this run may use it (nothing is changed here)."""
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory")
+    if config.resume:
+        if not (out / ".work").is_dir():
+            raise EnergySplitError(f"nothing to resume in {out} (no interrupted run there); run without --resume")
+        saved = out / ".work" / "config.json"
+        if saved.exists():
+            before = json.loads(saved.read_text())
+            now = json.loads(json.dumps(config.key(), default=str))
+            diff = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                    if before.get(k) != now.get(k)]
+            if diff:
+                raise EnergySplitError(f"--resume with other options than the interrupted run ({'; '.join(diff)}); "
+                                       "repeat its options or run without --resume")
+        return out
     existing = [f for f in RESULT_FILES if (out / f).exists()]
-    if existing and not config.force and not config.resume:
+    if existing and not config.force:
         raise FileExistsError(f"{out} already holds results ({', '.join(existing)}); pass --force to overwrite "
                               "or choose another --out")
-    if config.resume and not (out / ".work").is_dir():
-        raise EnergySplitError(f"nothing to resume in {out} (no .work directory); run without --resume")
-    if (out / ".work").is_dir() and not config.resume:
-        shutil.rmtree(out / ".work")
     return out
 
 
-def compress(config: CompressConfig, command: str = "", log=print) -> dict:
+def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
     """Run the whole job; returns the report dict. See the module docstring for the outputs."""
     from .data import load_dataset
     from .estimate import TARGETS, create_target
     from .methods import METHODS, MethodContext
-    from .train import TrainConfig, seed_everything, train
-    from .budget import parse_budget
+    from .archive import build_model
+    from .budget import check_budget, parse_budget
+    from .inputs import arch_spec, check_model, load_input_model
+    from .train import TrainConfig, seed_everything
+    from .distributed import barrier, broadcast_object, check_in_sync, is_main, main_only, rank_zero_estimator
 
+    log = main_only(log)  # under torchrun every rank computes; rank 0 alone logs and writes files
     start = time.perf_counter()
-    METHODS.get(config.method)  # unknown method: fail before any work
-    TARGETS.get(config.target)
-    for name in config.report_targets:
+    method = METHODS.get(config.method)  # unknown names fail before any work
+    report_targets = tuple(dict.fromkeys((*config.report_targets, config.target)))
+    for name in report_targets:
         TARGETS.get(name)
+    try:  # needed for the ONNX check at the end: fail now, and import it while an interrupt loses nothing
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise EnergySplitError(f"the ONNX check needs onnxruntime ({exc}): pip install onnxruntime") from None
     data = load_dataset(config.data, data_dir=config.data_dir) if config.data == "fashion-mnist" else load_dataset(config.data)
     if config.subset:
         data = data.subset(train=config.subset, val=max(500, config.subset // 10))
-    out = prepare_out(config)
-    work = out / ".work"
-    created = not out.exists()
+    out = check_out(config)
     seed_everything(config.seed)
-    recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                         progress=config.progress)
+    if config.model:
+        model, arch = load_input_model(config, data)
+    else:
+        arch = arch_spec(replace(config, arch=config.arch or DEMO["arch"]), data.in_channels, data.num_classes)
+        model = build_model(arch)  # trained below, once every input is known to be good
+    check_model(model, arch, data)
+    estimators = {name: rank_zero_estimator(create_target(name)) for name in report_targets}  # measured on rank 0
+    target = estimators[config.target]
+    # costs do not depend on the weights: the demo's budget is checked before its base model is trained
+    cost = target.predict(model, data.input_shape).total
+    budget = parse_budget(config.budget, target.unit, cost)
+    seed = inspect.signature(method).parameters.get("seed_fraction")  # splitting grows from a smaller seed
+    fraction = seed.default if seed is not None and isinstance(seed.default, float) else 1.0
+    base_cost = check_budget(model, target, budget, data.input_shape, config.target, fraction)
+
+    # from here on files are written; a failure removes what this run created, an interrupt keeps .work
+    work, created = out / ".work", not out.exists()
     try:
-        if config.model:
-            model, arch = load_input_model(config, data.in_channels, data.num_classes)
-            base_train = None
-        else:
-            model, arch, base_train = _demo_base(config, data, work, recipe, log)
-        estimators = {name: create_target(name) for name in {config.target, *config.report_targets}}
-        target = estimators[config.target]
-        base_cost = target.predict(model, data.input_shape).total
-        budget = parse_budget(config.budget, target.unit, base_cost)
-        if budget >= base_cost:
-            raise BudgetError(f"budget {budget:.4g} {target.unit} is already met: the model costs {base_cost:.4g} "
-                              f"{target.unit} on {config.target}; give a smaller budget (e.g. 0.5)")
+        if not config.resume and is_main():
+            shutil.rmtree(work, ignore_errors=True)
+            atomic_write_json(work / "config.json", config.key())
+        barrier()
+        seconds = {}
+        recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                             progress=config.progress)
+        base_train = None
+        if not config.model:
+            t0 = time.perf_counter()
+            model, base_train = _train_base(model, arch, config, data, work, recipe, log)
+            seconds["base_training"] = time.perf_counter() - t0
         log(f"input model: {arch['name']}, {base_cost:.4g} {target.unit} on {config.target}; budget {budget:.4g} "
             f"{target.unit} ({budget / base_cost:.0%}), method {config.method}")
-        before = measure(model, data, config.report_targets, estimators)
-        import copy
-
+        t0 = time.perf_counter()
+        before = measure(model, data, report_targets, estimators, "measure input model", config.progress)
         ctx = MethodContext(data, target, budget, recipe, arch=arch, seed=config.seed, workdir=work,
                             resume=config.resume, log=log)
-        t0 = time.perf_counter()
-        compressed = METHODS.get(config.method)(copy.deepcopy(model), ctx)
-        method_seconds = time.perf_counter() - t0
-        after = measure(compressed, data, config.report_targets, estimators)
+        t1 = time.perf_counter()
+        compressed = method(copy.deepcopy(model), ctx)
+        check_in_sync(compressed, config.method)  # data-parallel ranks must hold the same model
+        t2 = time.perf_counter()
+        after = measure(compressed, data, report_targets, estimators, "measure compressed model", config.progress)
+        seconds.update(measure=time.perf_counter() - t2 + t1 - t0, method=t2 - t1)
         final_cost = target.predict(compressed, data.input_shape).total
         if final_cost > budget * (1 + 1e-9):
             raise BudgetError(f"{config.method} ended at {final_cost:.4g} {target.unit}, over the budget {budget:.4g}")
         from .report import write_outputs
 
-        report = write_outputs(out, config, command, arch, model, compressed, data, before, after,
-                               {"target": config.target, "unit": target.unit, "budget": budget, "base_cost": base_cost,
-                                "final_cost": final_cost}, ctx.records, base_train,
-                               {"method": method_seconds, "total": time.perf_counter() - start})
+        report = {"command": command, "config": asdict(config), "arch": arch,
+                  "budget": {"target": config.target, "unit": target.unit, "requested": config.budget,
+                             "budget": budget, "base_cost": base_cost, "final_cost": final_cost},
+                  "before": before, "after": after,
+                  "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                           "input_shape": list(data.input_shape)},
+                  "growth_steps": ctx.records.get("growth_steps", []), "stop_reason": ctx.records.get("stop_reason"),
+                  "base_training": base_train, "seconds": seconds}
+        if is_main():
+            write_outputs(out, report, model, compressed, data.input_shape, start)
+        report = broadcast_object(report)  # every rank returns rank 0's report
     except BaseException as exc:
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) and created and out.exists():
-            shutil.rmtree(out, ignore_errors=True)  # a failed fresh run leaves nothing behind
-        raise
-    shutil.rmtree(work, ignore_errors=True)
+        if is_main():
+            shutil.rmtree(out / ".staging", ignore_errors=True)
+        if isinstance(exc, USER_ERRORS) and not config.resume and is_main():  # an input error found late: leave nothing
+            shutil.rmtree(out if created else work, ignore_errors=True)
+        raise  # an interrupt or a crash keeps .work for --resume
+    if is_main():
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 
-def _demo_base(config: CompressConfig, data, work: Path, recipe, log):
-    """Train the base model here (the built-in default), checkpointed in ``.work/base.es``."""
-    from .archive import build_model, load_model, save_model
+def _train_base(model: nn.Module, arch: dict, config: CompressConfig, data, work: Path, recipe, log):
+    """Train the built-in default model, checkpointed as ``.work/base.es`` (reused by ``--resume``)."""
+    from .archive import load_model, save_model
     from .train import train
 
-    arch = arch_spec(replace(config, arch=config.arch or DEMO["arch"],
-                             width=config.width if config.width is not None else DEMO["width"]),
-                     data.in_channels, data.num_classes)
     path = work / "base.es"
     if config.resume and path.exists():
         model, record = load_model(path)
         log(f"resumed the trained base model from {path}")
-        return model, arch, record["meta"].get("train")
-    model = build_model(arch)
+        return model, record["meta"].get("train")
     result = train(model, data.train, replace(recipe, epochs=config.base_epochs), val=data.val, desc="train base model")
     log(f"trained base {arch['name']} for {config.base_epochs:g} epochs: val acc {result.val_accuracy:.4f} "
         f"({result.seconds:.0f} s)")
-    save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
-    return model, arch, result.to_dict()
+    from .distributed import barrier, is_main
+
+    if is_main():
+        save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    barrier()
+    return model, result.to_dict()

@@ -32,19 +32,28 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape, opset: int = 17
     than ``atol``; nothing is written in that case."""
     import onnxruntime as ort
 
-    model = model.eval()
+    was_training = model.training
+    model.eval()
     example = torch.zeros(1, *input_shape)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    data = buffer.getvalue()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    x = torch.randn(samples, *input_shape, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = model(x).numpy()
-    got = session.run(None, {"input": x.numpy()})[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            except Exception as exc:  # the exporter raises many types
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise EnergySplitError(f"ONNX export of {type(model).__name__} failed: {first}") from exc
+        data = buffer.getvalue()
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        x = torch.randn(samples, *input_shape, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+    finally:
+        model.train(was_training)
     diff = float(abs(expected - got).max())
     if diff > atol:
         raise EnergySplitError(f"ONNX export does not match PyTorch (max abs diff {diff:.3g} > {atol:g}); "

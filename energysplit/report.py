@@ -8,6 +8,7 @@ import io
 import os
 import platform
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def versions() -> dict:
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -45,11 +46,11 @@ def markdown(report: dict) -> str:
              f"({report['budget']['budget'] / report['budget']['base_cost']:.0%} of the input model)",
              f"- data: {report['data']['name']} ({report['data']['train']} train / {report['data']['val']} val / "
              f"{report['data']['test']} test images)",
-             f"- time: {report['seconds']['total']:.0f} s in all, {report['seconds']['method']:.0f} s compressing",
-             "", "| metric | before | after | ratio |", "|---|---|---|---|"]
+             "- time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in report["seconds"].items()),
+             f"- growth stopped: {report['stop_reason']}" if report.get("stop_reason") else "",
+             "", "| metric | before | after | after/before |", "|---|---|---|---|"]
     for key in b:
-        ratio = a[key] / b[key] if isinstance(b[key], (int, float)) and b[key] else float("nan")
-        lines.append(f"| {key} | {_fmt(b[key])} | {_fmt(a[key])} | {ratio:.3f} |")
+        lines.append(f"| {key} | {_fmt(b[key])} | {_fmt(a[key])} | {_ratio(report, key)} |")
     lines += ["", "Units: MACs = multiply-accumulates (1 MAC = 2 FLOPs); mJ per inference (batch 1) from the "
               "target's energy table; ms = ONNX Runtime median latency, batch 1, on this host.", "",
               "## Widths per neuron group", "", "| group | before | after |", "|---|---|---|"]
@@ -89,8 +90,12 @@ def growth_plot(path: Path, report: dict) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     steps = report.get("growth_steps") or []
     if steps:
-        xs = [steps[0]["cost_before"]] + [s["cost_after"] for s in steps]
-        ax.plot(xs[1:], [s["val_accuracy"] for s in steps], "o-", label="growth steps (val, after fine-tune)")
+        ax.axvline(steps[0]["cost_before"], ls=":", color="tab:blue", label="seed (pruned input model)")
+        ax.plot([s["cost_after"] for s in steps], [s["val_accuracy"] for s in steps], "o-",
+                label="growth steps (val, after fine-tune)")
+        for s in steps:
+            ax.annotate(str(s["step"]), (s["cost_after"], s["val_accuracy"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
     target_key = f"{report['budget']['target']} [{unit}]"
     ax.scatter([report["before"].get(target_key, report["budget"]["base_cost"])], [report["before"]["test_accuracy"]],
                marker="s", color="k", label="input model (test)")
@@ -106,29 +111,43 @@ def growth_plot(path: Path, report: dict) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, config, command: str, arch: dict, base, model, data, before: dict, after: dict,
-                  budget: dict, records: dict, base_train, seconds: dict) -> dict:
+def summary(report: dict) -> str:
+    """The short before/after table printed at the end of a run."""
+    rows = [(key, _fmt(report["before"][key]), _fmt(report["after"][key]), _ratio(report, key))
+            for key in report["before"]]
+    header = ("", "before", "after", "after/before")
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{header[0]:<{width}}  {header[1]:>12}  {header[2]:>12}  {header[3]:>12}"]
+    lines += [f"{k:<{width}}  {b:>12}  {a:>12}  {r:>12}" for k, b, a, r in rows]
+    return "\n".join(lines)
+
+
+def _ratio(report: dict, key: str) -> str:
+    b, a = report["before"][key], report["after"][key]
+    return f"{a / b:.3f}" if isinstance(b, (int, float)) and b else "-"
+
+
+def write_outputs(out: Path, report: dict, base, model, input_shape, started: float) -> dict:
+    """Complete ``report`` (widths, versions, ONNX check, total time) and write every output into ``out``:
+    staged in ``out/.staging``, then renamed into place with report.json last."""
     from .archive import save_model
     from .export import export_onnx
 
+    t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     stage = out / ".staging"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
-    config_dict = asdict(config)
-    report = {"command": command, "config": config_dict, "arch": arch, "budget": budget, "before": before,
-              "after": after, "widths": {"before": layer_widths(base, data.input_shape),
-                                         "after": layer_widths(model, data.input_shape)},
-              "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
-                       "input_shape": list(data.input_shape)},
-              "growth_steps": records.get("growth_steps", []), "stop_reason": records.get("stop_reason"),
-              "base_training": base_train, "seconds": seconds, "versions": versions()}
-    save_model(model, stage / "model.es", arch, data.input_shape, meta={"budget": budget, "method": config.method})
-    report["onnx"] = asdict(export_onnx(model, stage / "model.onnx", data.input_shape))
+    report["widths"] = {"before": layer_widths(base, input_shape), "after": layer_widths(model, input_shape)}
+    report["versions"] = versions()
+    save_model(model, stage / "model.es", report["arch"], input_shape,
+               meta={"budget": report["budget"], "method": report["config"]["method"]})
+    report["onnx"] = asdict(export_onnx(model, stage / "model.onnx", input_shape))
     report["onnx"]["path"] = "model.onnx"
     atomic_write_text(stage / "steps.csv", steps_csv(report["growth_steps"]))
     growth_plot(stage / "growth.png", report)
-    atomic_write_json(stage / "config.json", {"command": command, "config": config_dict})
+    atomic_write_json(stage / "config.json", {"command": report["command"], "config": report["config"]})
+    report["seconds"].update(outputs=time.perf_counter() - t0, total=time.perf_counter() - started)
     atomic_write_text(stage / "report.md", markdown(report))
     atomic_write_json(stage / "report.json", report)
     for name in ("model.es", "model.onnx", "steps.csv", "growth.png", "config.json", "report.md", "report.json"):
