@@ -116,7 +116,9 @@ def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input
 
 
 class Checkpoint:
-    """``DIR/state.json`` (the step log) + ``DIR/model.es`` (the archive), each written atomically."""
+    """``DIR/model.es``: the model archive with the step log and phase in its metadata, written atomically
+    as one file (so weights and log can never disagree). ``DIR/state.json`` is a readable copy of the
+    log, written after it; the archive is the source of truth on resume."""
 
     def __init__(self, directory: str | Path, arch: dict, input_shape):
         self.dir, self.arch, self.input_shape = Path(directory), arch, tuple(input_shape)
@@ -126,18 +128,18 @@ class Checkpoint:
         from .distributed import barrier, is_main
 
         if is_main():  # data-parallel runs: rank 0 writes, the others wait for it
-            save_model(model, self.dir / "model.es", self.arch, self.input_shape)
-            atomic_write_json(self.dir / "state.json", {"phase": phase, "steps": [asdict(s) for s in steps]})
+            state = {"phase": phase, "steps": [asdict(s) for s in steps]}
+            save_model(model, self.dir / "model.es", self.arch, self.input_shape, meta={"growth": state})
+            atomic_write_json(self.dir / "state.json", state)
         barrier()
 
     def load(self):
         from .archive import load_model
 
-        state_path = self.dir / "state.json"
-        if not state_path.exists():
+        if not (self.dir / "model.es").exists():
             return None
-        state = json.loads(state_path.read_text())
-        model, _ = load_model(self.dir / "model.es")
+        model, record = load_model(self.dir / "model.es")
+        state = record["meta"]["growth"]
         return model, [StepRecord(**s) for s in state["steps"]], state["phase"]
 
 

@@ -192,7 +192,7 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     seed_budget = seed_fraction * ctx.budget
     steps = max(1, math.ceil(math.log(1 / seed_fraction) / math.log(1.4) - 1e-9))
     epochs = ctx.train.epochs
-    resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "state.json").exists()
+    resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "model.es").exists()
     if not resumed:
         _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget)
         _finetune(model, ctx, 0.3 * epochs, desc="seed fine-tune")
