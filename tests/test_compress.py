@@ -318,6 +318,7 @@ def test_a_killed_run_resumes_to_the_same_result(demo, env, tmp_path):
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.slow  # flaky: a SIGINT that lands inside ONNX Runtime's native code can abort (-6), see README
 def test_ctrl_c_keeps_the_work_for_resume(env, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_cli(*DEMO, "--out", out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
