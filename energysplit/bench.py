@@ -100,7 +100,8 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {"command": command, "config": asdict(config)})
+    runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
+    atomic_write_json(out / "config.json", {"runs": runs + [{"command": command, "config": asdict(config)}]})
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:
         data = data.subset(train=config.train_subset, val=1000 if config.train_subset else None,

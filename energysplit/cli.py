@@ -340,6 +340,8 @@ def add_bench(sub) -> None:
     p.add_argument("--models", help="comma-separated zoo names (overrides the profile)")
     p.add_argument("--methods", help="comma-separated methods (overrides the profile)")
     p.add_argument("--seeds", help="comma-separated seeds (overrides the profile)")
+    p.add_argument("--budgets", help="comma-separated target:fraction pairs, e.g. mobile:0.5,cpu:0.7 "
+                                     "(overrides the profile; cpu budgets apply to every model given)")
     p.set_defaults(func=run_bench)
 
 
@@ -358,6 +360,11 @@ def run_bench(args) -> int:
         config = replace(config, methods=tuple(args.methods.split(",")))
     if args.seeds:
         config = replace(config, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.budgets:
+        pairs = [b.split(":") for b in args.budgets.split(",")]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"--budgets {args.budgets!r}: write target:fraction pairs like mobile:0.5,cpu:0.7")
+        config = replace(config, budgets=tuple((t, float(f)) for t, f in pairs), latency_models=config.models)
     out = args.out or f"benchmarks/results/compare-{args.profile}"
     run_benchmark(config, out, command="energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     print((Path(out) / "summary.md").read_text())

@@ -73,8 +73,9 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
                 key = float(score[channel]) / (s if config.cost_aware else 1.0)
                 candidates.append((key, gid, channel, s))
         if not candidates:
-            raise BudgetError(f"budget {budget:.4g} {estimator.unit} is unreachable by pruning: the minimum widths "
-                              f"already cost {cost:.4g} {estimator.unit}; lower --min-fraction or raise the budget")
+            raise BudgetError(f"budget {budget:.4g} {estimator.unit} is unreachable by pruning: at {cost:.4g} "
+                              f"{estimator.unit} every group is at its minimum width or no single channel removal "
+                              "lowers the cost any more; raise the budget")
         candidates.sort()
         chosen: dict[str, list[int]] = {}
         left = {gid: inventory[gid].width - floor[gid] for gid in scores}
