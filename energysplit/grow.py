@@ -175,7 +175,12 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
         t0 = time.perf_counter()
         batches = _score_batches(data, config.score_samples, 64, config.seed * 1000 + step)
         seed_everything(config.seed * 1000 + step)
-        scores = splitting_scores(model, batches, inventory, config.solver, config.curvature)
+        solver_config = None
+        if config.solver == "fast":
+            from .rayleigh import FastConfig
+
+            solver_config = FastConfig(progress=config.finetune.progress)
+        scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config)
         t1 = time.perf_counter()
         marginal = estimator.marginal_costs(model, inventory, input_shape)
         costs = {gid: marginal[gid].add for gid in scores}

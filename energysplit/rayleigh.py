@@ -43,6 +43,7 @@ class FastConfig:
     ``engine``: how S v is computed (:mod:`energysplit.jets`, ``adjoint`` or the literal ``term``)."""
 
     passes: int = 4
+    progress: bool = False  # a tqdm bar over the scoring steps
     lr: float = 0.02
     momentum: float = 0.9
     alpha: float = 0.9
@@ -91,6 +92,13 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
     ys = [t.y for t in trackers]
     steps_per_pass = num_batches(batches, config.batch_size)
     reducer = _data_parallel()  # None in a single process
+    from .train import _progress
+
+    total = config.passes * steps_per_pass if steps_per_pass else None
+    from .distributed import is_main
+
+    show = config.progress and is_main()
+    bar = _progress(range(total or 0), total, "splitting scores", show) if show else None
     with ChainTaps(model, trackers) as taps:
         for epoch in range(config.passes):
             last = epoch == config.passes - 1
@@ -101,7 +109,11 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
                 lr = _lr(config, epoch, i, steps_per_pass)
                 for tracker, sv in zip(trackers, grads):
                     _step(tracker, sv, state[tracker.group.id], config, lr, last)
+                if bar is not None and hasattr(bar, "update"):
+                    bar.update(1)
             steps_per_pass = steps_per_pass or i + 1
+    if bar is not None and hasattr(bar, "close"):
+        bar.close()
     out = {}
     for tracker in trackers:
         st = state[tracker.group.id]
