@@ -14,7 +14,7 @@ _API = {
     "Registry": "registry",
     "create_model": "zoo", "list_models": "zoo", "register_model": "zoo", "MODELS": "zoo",
     "load_dataset": "data", "DataSplits": "data", "DataError": "data",
-    "train": "train", "evaluate": "train", "TrainConfig": "train",
+    "evaluate": "train", "TrainConfig": "train",  # the train() function: energysplit.train.train (module name)
     "Inventory": "inventory", "Group": "inventory",
     "build_inventory": "graph",
     "Plan": "plan", "Split": "plan", "Remove": "plan", "apply_plan_": "surgery",
