@@ -88,7 +88,11 @@ def base_model(name: str, config: BenchConfig, data, out: Path, log):
     result = train(model, data.train, TrainConfig(epochs=config.base_epochs, lr=config.lr, batch_size=config.batch_size,
                                                   seed=1234), val=data.val, desc=f"base {name}")
     log(f"base {name}: val acc {result.val_accuracy:.4f} after {config.base_epochs:g} epochs ({result.seconds:.0f} s)")
-    save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    from .distributed import barrier, is_main
+
+    if is_main():
+        save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    barrier()
     return model, arch
 
 
@@ -98,17 +102,22 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
     from .methods import METHODS, MethodContext
     from .train import TrainConfig, evaluate, seed_everything
 
+    from .distributed import barrier, is_main, main_only, rank_zero_estimator
+
+    log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
-    atomic_write_json(out / "config.json", {"runs": runs + [{"command": command, "config": asdict(config)}]})
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
+        atomic_write_json(out / "config.json", {"runs": runs + [{"command": command, "config": asdict(config)}]})
+    barrier()
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:
         data = data.subset(train=config.train_subset, val=1000 if config.train_subset else None,
                            test=config.test_subset)
     csv_path = out / "results.csv"
     done = _done_rows(csv_path)
-    estimators = {name: create_target(name) for name in ("flops", "mobile", "cpu")}
+    estimators = {name: rank_zero_estimator(create_target(name)) for name in ("flops", "mobile", "cpu")}
     shape = data.input_shape
     jobs = []  # seed-major order: a sweep cut short still covers every method and budget
     for model_name in config.models:
@@ -147,11 +156,14 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             log(traceback.format_exc(limit=3))
         row["wall_s"] = time.perf_counter() - start
-        _append(csv_path, row)
+        if is_main():
+            _append(csv_path, row)
         log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
             + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
                if row["status"] == "ok" else f"FAILED {row['error']}"))
-    summarise(out)
+    if is_main():
+        summarise(out)
+    barrier()
     return out
 
 

@@ -366,8 +366,16 @@ def run_bench(args) -> int:
             raise ValueError(f"--budgets {args.budgets!r}: write target:fraction pairs like mobile:0.5,cpu:0.7")
         config = replace(config, budgets=tuple((t, float(f)) for t, f in pairs), latency_models=config.models)
     out = args.out or f"benchmarks/results/compare-{args.profile}"
-    run_benchmark(config, out, command="energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print((Path(out) / "summary.md").read_text())
+    from .distributed import destroy_distributed, init_distributed, is_main
+
+    init_distributed()  # under torchrun: data-parallel, rank 0 writes
+    try:
+        run_benchmark(config, out, command="energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        main = is_main()
+    finally:
+        destroy_distributed()
+    if main:
+        print((Path(out) / "summary.md").read_text())
     return 0
 
 

@@ -186,6 +186,14 @@ def test_only_rank_zero_writes_outputs_and_checkpoints(two_ranks):
     assert stdout.count("step 1: split") == 1  # rank 0 logs, rank 1 is quiet
 
 
+def test_the_benchmark_writes_on_rank_zero_only(two_ranks):
+    out, (a, b), _ = two_ranks
+    assert b["bench_writes"] == []
+    assert {"results.csv", "summary.md", "config.json"} <= {Path(p).name for p in a["bench_writes"]}
+    rows = (out / "bench" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",ok," in r for r in rows[1:])  # header, base, l1: written once
+
+
 # --- the worker (each rank runs this under torchrun) ------------------------------------------------
 
 
@@ -262,6 +270,15 @@ def _worker(out: Path) -> None:
                                             base_epochs=0.3, batch_size=64, target="flops", budget="0.6",
                                             report_targets=("flops",), progress=False))
     res["writes"] = list(writes)
+    from dataclasses import replace
+
+    from energysplit.bench import PROFILES, run_benchmark
+
+    bench_root = str(out / "bench")
+    bench_writes = _record_writes(bench_root)
+    run_benchmark(replace(PROFILES["tiny"], methods=("l1",), train_subset=256, base_epochs=0.3, epochs=0.3),
+                  bench_root, log=lambda s: None)
+    res["bench_writes"] = list(bench_writes)
     torch.save(res, out / f"rank{D.rank()}.pt")
     D.destroy_distributed()
 
