@@ -35,6 +35,7 @@ class BenchConfig:
     lr: float = 0.05
     batch_size: int = 128
     latency_models: tuple = ("mobilenet_v2",)  # models that get the cpu budget (latency is slow to cost)
+    channel_multiple: int = 8  # changed widths stay multiples of this, for every method
 
 
 PROFILES = {
@@ -143,6 +144,7 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
                 seed_everything(seed)
                 ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
                                     batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
+                                    channel_multiple=config.channel_multiple,
                                     log=lambda s, tag=f"{model_name} {target_name} {fraction:g} {method} s{seed}":
                                     log(f"  [{tag}] {s}"))
                 model = METHODS.get(method)(copy.deepcopy(base), ctx)

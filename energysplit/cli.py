@@ -164,6 +164,9 @@ def add_compress(sub) -> None:
     p.add_argument("--lr", type=float, help="SGD learning rate (default 0.05)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same result (default 0)")
+    p.add_argument("--channel-multiple", type=int,
+                   help="keep every changed width a multiple of N: runtimes pick fast kernels by channel "
+                        "count (default 8; 1 = channel by channel)")
     p.add_argument("--config", help="JSON file of these options; flags given here override it")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
@@ -181,7 +184,7 @@ def run_compress(args) -> int:
 
     flags = {k: getattr(args, k) for k in ("model", "arch", "width", "act", "target", "budget", "method", "data",
                                            "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
-                                           "seed")}
+                                           "seed", "channel_multiple")}
     flags.update(resume=args.resume or None, force=args.force or None, trust_pickle=args.trust_pickle or None,
                  progress=False if args.no_progress else None)
     from_file = read_config_file(args.config) if args.config else {}
@@ -342,6 +345,7 @@ def add_bench(sub) -> None:
     p.add_argument("--seeds", help="comma-separated seeds (overrides the profile)")
     p.add_argument("--budgets", help="comma-separated target:fraction pairs, e.g. mobile:0.5,cpu:0.7 "
                                      "(overrides the profile; cpu budgets apply to every model given)")
+    p.add_argument("--channel-multiple", type=int, help="keep every changed width a multiple of N (default 8)")
     p.set_defaults(func=run_bench)
 
 
@@ -365,6 +369,8 @@ def run_bench(args) -> int:
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"--budgets {args.budgets!r}: write target:fraction pairs like mobile:0.5,cpu:0.7")
         config = replace(config, budgets=tuple((t, float(f)) for t, f in pairs), latency_models=config.models)
+    if args.channel_multiple is not None:
+        config = replace(config, channel_multiple=args.channel_multiple)
     out = args.out or f"benchmarks/results/compare-{args.profile}"
     from .distributed import destroy_distributed, init_distributed, is_main
 

@@ -44,14 +44,15 @@ class GrowConfig:
     final_finetune: TrainConfig = TrainConfig(epochs=1.0)
     curvature: CurvatureConfig = CurvatureConfig()
     seed: int = 0
+    channel_multiple: int = 1  # split in blocks keeping widths multiples of this (:mod:`energysplit.alignment`)
 
     def __post_init__(self):
         if self.step_growth <= 1.0:
             raise ValueError(f"step_growth must be > 1, got {self.step_growth}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.score_samples < 1 or self.max_steps < 1:
-            raise ValueError("score_samples and max_steps must be >= 1")
+        if self.score_samples < 1 or self.max_steps < 1 or self.channel_multiple < 1:
+            raise ValueError("score_samples, max_steps and channel_multiple must be >= 1")
 
 
 @dataclass
@@ -90,20 +91,28 @@ def _score_batches(data: DataSplits, samples: int, batch_size: int, seed: int) -
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 
-def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input_shape, limit: float):
-    """The longest prefix of ``ops`` (best first) whose applied cost stays within ``limit``.
+def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input_shape, limit: float,
+             block_sizes: list[int] | None = None):
+    """The longest prefix of ``ops`` (best first) whose applied cost stays within ``limit``, cut only
+    between blocks when ``block_sizes`` (consecutive ops that go together) is given.
 
     Marginal costs are first-order: splitting a layer and its consumer in one step adds a cross term,
     so the applied plan is costed exactly (``estimator.predict`` on a copy) and trimmed by bisection.
     """
+    from itertools import accumulate
+
     from .surgery import apply_plan_
+
+    cuts = [0] + list(accumulate(block_sizes or [1] * len(ops)))
+    if cuts[-1] != len(ops):
+        raise ValueError(f"block sizes add up to {cuts[-1]}, not to the {len(ops)} ops")
 
     def cost_of(k: int) -> float:
         trial = copy.deepcopy(model)
-        apply_plan_(trial, inventory, Plan(ops[:k]))
+        apply_plan_(trial, inventory, Plan(ops[:cuts[k]]))
         return estimator.predict(trial, input_shape).total
 
-    lo, hi = 0, len(ops)
+    lo, hi = 0, len(cuts) - 1
     if hi and cost_of(hi) <= limit:
         return ops
     while lo < hi - 1:
@@ -112,7 +121,7 @@ def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input
             lo = mid
         else:
             hi = mid
-    return ops[:lo]
+    return ops[:cuts[lo]]
 
 
 class Checkpoint:
@@ -184,8 +193,8 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
         t1 = time.perf_counter()
         marginal = estimator.marginal_costs(model, inventory, input_shape)
         costs = {gid: marginal[gid].add for gid in scores}
-        ops = select_splits(scores, costs, step_limit - cost, config)
-        ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit)
+        ops, sizes = select_splits(scores, costs, step_limit - cost, config, inventory.widths())
+        ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
         t2 = time.perf_counter()
         if not ops:
             stop = "no neuron with a negative splitting index fits the remaining budget"
@@ -222,10 +231,13 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
 
 
-def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig) -> list:
-    """Split ops chosen under ``step_budget``, best (most negative lambda per unit cost) first."""
+def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
+                  widths: dict[str, int]) -> tuple[list, list[int]]:
+    """Split ops chosen under ``step_budget``, best (most negative lambda per unit cost) block first,
+    and the block sizes (all 1 without a channel multiple)."""
     from .selection import select_splits as select
 
-    selection = select(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold)
+    selection = select(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold,
+                       multiple=config.channel_multiple, widths=widths)
     selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
-    return list(selection.to_plan(scores).ops)
+    return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]

@@ -32,6 +32,7 @@ class MethodContext:
     arch: dict = field(default_factory=dict)  # how to rebuild the model (for uniform-scratch and archives)
     seed: int = 0
     prune_min_fraction: float = 0.1
+    channel_multiple: int = 1  # every changed width stays a multiple of this (:mod:`energysplit.alignment`)
     score_batches: int = 8
     workdir: Path | None = None  # checkpoints (splitting)
     resume: bool = False
@@ -57,7 +58,8 @@ def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None
     scores = importance_fn(model, inventory)
     from .importance import normalise_per_group
 
-    cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=cost_aware)
+    cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=cost_aware,
+                      channel_multiple=ctx.channel_multiple)
     inventory, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
                                          ctx.input_shape, normalise_per_group(scores), cfg)
     ctx.log(f"pruned {sum(result.removed.values())} channels in {result.rounds} rounds: "
@@ -136,9 +138,10 @@ def uniform_fraction(model, ctx: MethodContext, resize: Callable[[float], nn.Mod
 @METHODS.register("uniform")
 def uniform(model: nn.Module, ctx: MethodContext) -> nn.Module:
     """Uniform width scaling from the trained weights: every prunable group keeps the same fraction
-    of its channels (its largest-L1 filters), then fine-tune."""
+    of its channels (its largest-L1 filters; rounded to the channel multiple), then fine-tune."""
     import copy
 
+    from .alignment import aligned_width
     from .graph import build_inventory
     from .importance import l1_importance
     from .plan import Plan, Remove
@@ -151,7 +154,7 @@ def uniform(model: nn.Module, ctx: MethodContext) -> nn.Module:
         trial = copy.deepcopy(model)
         ops = []
         for g in inventory.prunable():
-            keep = max(1, round(f * g.width))
+            keep = aligned_width(max(1, round(f * g.width)), g.width, ctx.channel_multiple)
             if keep < g.width:
                 drop = scores[g.id].argsort()[: g.width - keep].tolist()
                 ops.append(Remove(g.id, tuple(sorted(drop))))
@@ -196,7 +199,7 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     if not resumed:
         _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget)
         _finetune(model, ctx, 0.3 * epochs, desc="seed fine-tune")
-    config = GrowConfig(step_growth=1.4, max_steps=steps + 2, seed=ctx.seed,
+    config = GrowConfig(step_growth=1.4, max_steps=steps + 2, seed=ctx.seed, channel_multiple=ctx.channel_multiple,
                         finetune=replace(ctx.train, epochs=0.2 * epochs / steps),
                         final_finetune=replace(ctx.train, epochs=0.5 * epochs))
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None

@@ -24,10 +24,13 @@ class PruneConfig:
     min_channels: int = 2
     cost_aware: bool = False  # rank by importance / saving instead of importance
     max_rounds: int = 50
+    channel_multiple: int = 1  # remove channels in blocks that keep widths multiples of this (:mod:`.alignment`)
 
     def __post_init__(self):
         if not 0 <= self.min_fraction <= 1 or self.min_channels < 1:
             raise ValueError("min_fraction must be in [0, 1] and min_channels >= 1")
+        if self.channel_multiple < 1:
+            raise ValueError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
 
 
 @dataclass
@@ -51,8 +54,12 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
     """Remove the least important channels until ``estimator.predict`` is at most ``budget``.
 
     ``importance`` maps prunable group ids to per-channel scores (higher = keep); it is consumed.
+    With ``config.channel_multiple = m`` channels go in blocks (ranked by their mean score) that leave
+    every changed width a multiple of m, so the cost lands within one block's saving under the budget.
     Raises BudgetError when the minimum widths cannot reach the budget.
     """
+    from .alignment import blocks
+
     floor = floor or min_widths(inventory, config)
     scores = {k: v.clone().double() for k, v in importance.items()}
     start = cost = estimator.predict(model, input_shape).total
@@ -69,24 +76,23 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
             s = saving[gid].remove
             if group.width <= floor[gid] or not (s > 0):
                 continue
-            for channel in range(group.width):
-                key = float(score[channel]) / (s if config.cost_aware else 1.0)
-                candidates.append((key, gid, channel, s))
+            order = score.argsort(stable=True).tolist()[: group.width - floor[gid]]
+            for j, block in enumerate(blocks(order, group.width, config.channel_multiple, grow=False)):
+                key = float(score[block].mean()) / (s if config.cost_aware else 1.0)
+                candidates.append((key, gid, j, block, s * len(block)))
         if not candidates:
             raise BudgetError(f"budget {budget:.4g} {estimator.unit} is unreachable by pruning: at {cost:.4g} "
                               f"{estimator.unit} every group is at its minimum width or no single channel removal "
-                              "lowers the cost any more; raise the budget")
-        candidates.sort()
+                              "lowers the cost any more; raise the budget"
+                              + (f" or lower the channel multiple ({config.channel_multiple})"
+                                 if config.channel_multiple > 1 else ""))
+        candidates.sort(key=lambda c: c[:3])
         chosen: dict[str, list[int]] = {}
-        left = {gid: inventory[gid].width - floor[gid] for gid in scores}
         excess = cost - budget
-        for _, gid, channel, s in candidates:
+        for _, gid, _, block, s in candidates:
             if excess <= 0:
                 break
-            if left[gid] <= 0:
-                continue
-            chosen.setdefault(gid, []).append(channel)
-            left[gid] -= 1
+            chosen.setdefault(gid, []).extend(block)
             excess -= s
         plan = Plan([Remove(gid, tuple(sorted(chs))) for gid, chs in chosen.items()])
         inventory = apply_plan_(model, inventory, plan)

@@ -15,6 +15,10 @@ lambda >= 0 cannot lower the loss at second order), so a step may use less than 
 - ``greedy``: Dantzig's order, lambda_i / T_i most negative first (free or cost-saving neurons first),
   skipping neurons that no longer fit.
 - ``cost-blind``: most negative lambda first, ignoring cost except for the same budget (ablation).
+
+With ``multiple = m > 1`` (:mod:`energysplit.alignment`) the items are blocks instead of neurons: each
+group's negative-lambda neurons, most negative first, cut into blocks that keep its width a multiple of m
+(value = sum of lambda, cost = sum of T); a group's chosen blocks are always its first ones.
 """
 from __future__ import annotations
 
@@ -35,6 +39,14 @@ class Candidate:
     channel: int
     eigval: float
     cost: float
+    members: tuple = ()  # a block of neurons (channel multiples): its Candidates; () for one neuron
+
+    @property
+    def size(self) -> int:
+        return len(self.members) or 1
+
+    def neurons(self) -> tuple:
+        return self.members or (self,)
 
     @property
     def ratio(self) -> float:
@@ -54,6 +66,10 @@ class Selection:
     lp_objective: float | None = None  # relaxed LP optimum sum beta_i lambda_i (lp only)
     candidates: int = 0
     caps: dict = field(default_factory=dict)
+
+    def neurons(self) -> list[Candidate]:
+        """The chosen neurons (blocks expanded), in the order chosen."""
+        return [n for c in self.chosen for n in c.neurons()]
 
     @property
     def cost_used(self) -> float:
@@ -76,16 +92,16 @@ class Selection:
     def to_plan(self, scores) -> Plan:
         """Split(group, channel, direction = unit eigenvector, eps) for every chosen neuron."""
         ops = []
-        for c in self.chosen:
+        for c in self.neurons():
             v = scores[c.group].eigvecs[c.channel].detach()
             ops.append(Split(c.group, c.channel, v / v.norm(), float(self.eps)))
         return Plan(ops)
 
     def rows(self) -> list[dict]:
-        return [asdict(c) for c in self.chosen]
+        return [asdict(c) for c in self.neurons()]
 
     def summary(self) -> dict:
-        return {"selector": self.selector, "chosen": len(self.chosen), "candidates": self.candidates,
+        return {"selector": self.selector, "chosen": len(self.neurons()), "candidates": self.candidates,
                 "budget": self.budget, "cost_used": self.cost_used, "under_budget": self.under_budget,
                 "predicted_loss_change": self.predicted_change, "eps": self.eps, "note": self.note}
 
@@ -106,13 +122,45 @@ def candidates(scores, costs: dict[str, float]) -> list[Candidate]:
     return out
 
 
+def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int) -> list[Candidate]:
+    """Each group's candidates, most negative lambda first, as blocks keeping its width a multiple."""
+    from .alignment import blocks
+
+    by_group: dict[str, list[Candidate]] = {}
+    for c in pool:
+        by_group.setdefault(c.group, []).append(c)
+    out = []
+    for gid, members in by_group.items():
+        members.sort(key=lambda c: (c.eigval, c.channel))
+        for block in blocks(members, widths[gid], multiple, grow=True):
+            out.append(Candidate(gid, block[0].channel, sum(c.eigval for c in block), sum(c.cost for c in block),
+                                 tuple(block)))
+    return out
+
+
+def _first_blocks(chosen: list[Candidate], pool: list[Candidate]) -> list[Candidate]:
+    """Replace each group's chosen blocks by as many of its first blocks (no dearer: the first block of
+    a group is its smallest, the others are equal; no worse: they hold its most negative lambdas)."""
+    counts: dict[str, int] = {}
+    for c in chosen:
+        counts[c.group] = counts.get(c.group, 0) + 1
+    out, seen = [], dict.fromkeys(counts, 0)
+    for c in pool:  # pool keeps each group's blocks in order
+        if seen.get(c.group, 0) < counts.get(c.group, 0):
+            out.append(c)
+            seen[c.group] += 1
+    return sorted(out, key=lambda c: (c.ratio, c.eigval, c.group, c.channel))
+
+
 def select_splits(scores, costs: dict[str, float], budget: float, method: str = "lp", *,
-                  caps: dict[str, int] | None = None, eps: float = 1e-2, threshold: float = 0.9) -> Selection:
+                  caps: dict[str, int] | None = None, eps: float = 1e-2, threshold: float = 0.9,
+                  multiple: int = 1, widths: dict[str, int] | None = None) -> Selection:
     """Choose neurons to split under ``budget`` (same units as ``costs``: one more channel per group).
 
     scores: ``{group: GroupScores}`` from :func:`energysplit.splitting_scores`; caps: optional
     ``{group: max channels split this step}``; eps: the split step (reported in the predicted change and
-    used by :meth:`Selection.to_plan`); threshold: LP beta above which a neuron is split.
+    used by :meth:`Selection.to_plan`); threshold: LP beta above which a neuron is split; multiple: split
+    in blocks that keep every changed width a multiple of it (needs ``widths``, the current group widths).
     """
     if not (isinstance(budget, (int, float)) and math.isfinite(budget)) or budget < 0:
         raise BudgetError(f"step budget must be a finite number >= 0, got {budget!r}")
@@ -124,7 +172,15 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
     if any(int(v) < 0 for v in caps.values()):
         raise ValueError("caps must be >= 0")
     pool = candidates(scores, costs)
+    if multiple > 1:
+        if widths is None:
+            raise ValueError("select_splits(multiple > 1) needs the current group widths")
+        pool = aligned_blocks(pool, widths, multiple)
+    elif multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
     chosen, lp_value = SELECTORS.get(method)(pool, float(budget), caps, threshold)
+    if multiple > 1:
+        chosen = _first_blocks(chosen, pool)
     sel = Selection(chosen, float(budget), float(eps), method, lp_objective=lp_value, candidates=len(pool),
                     caps=caps)
     sel.note = _why(sel, pool, caps)
@@ -133,7 +189,7 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
 
 def _fits(c: Candidate, used: float, budget: float, counts: dict, caps: dict) -> bool:
     within = used + c.cost <= budget + TOLERANCE * max(1.0, abs(budget))
-    return within and counts.get(c.group, 0) < caps.get(c.group, math.inf)
+    return within and counts.get(c.group, 0) + c.size <= caps.get(c.group, math.inf)
 
 
 def _take_in_order(order, budget, caps, chosen=()) -> list[Candidate]:
@@ -141,14 +197,14 @@ def _take_in_order(order, budget, caps, chosen=()) -> list[Candidate]:
     used = sum(c.cost for c in chosen)
     counts: dict[str, int] = {}
     for c in chosen:
-        counts[c.group] = counts.get(c.group, 0) + 1
+        counts[c.group] = counts.get(c.group, 0) + c.size
     taken = set(chosen)
     for c in order:
         if c not in taken and _fits(c, used, budget, counts, caps):
             chosen.append(c)
             taken.add(c)
             used += c.cost
-            counts[c.group] = counts.get(c.group, 0) + 1
+            counts[c.group] = counts.get(c.group, 0) + c.size
     return chosen
 
 
@@ -175,7 +231,7 @@ def linear_program(pool, budget, caps, threshold):
     from scipy.optimize import linprog
 
     groups = sorted({c.group for c in pool if c.group in caps})
-    rows = [[c.cost for c in pool]] + [[1.0 if c.group == g else 0.0 for c in pool] for g in groups]
+    rows = [[c.cost for c in pool]] + [[float(c.size) if c.group == g else 0.0 for c in pool] for g in groups]
     bounds = [budget] + [float(caps[g]) for g in groups]
     res = linprog(np.array([c.eigval for c in pool]), A_ub=np.array(rows), b_ub=np.array(bounds),
                   bounds=(0.0, 1.0), method="highs")
@@ -198,8 +254,8 @@ def _why(sel: Selection, pool: list[Candidate], caps: dict) -> str:
         return f"all {len(pool)} neurons with lambda_min < 0 chosen; the rest would not lower the loss"
     counts: dict[str, int] = {}
     for c in sel.chosen:
-        counts[c.group] = counts.get(c.group, 0) + 1
-    capped = sorted({c.group for c in rest if counts.get(c.group, 0) >= caps.get(c.group, math.inf)})
+        counts[c.group] = counts.get(c.group, 0) + c.size
+    capped = sorted({c.group for c in rest if counts.get(c.group, 0) + c.size > caps.get(c.group, math.inf)})
     left = sel.budget - sel.cost_used
     cheapest = min((c.cost for c in rest if c.group not in capped), default=None)
     parts = []

@@ -253,8 +253,8 @@ def _worker(out: Path) -> None:
     res["eval"] = (ev.accuracy, ev.loss, ev.samples)
     flops = create_target("flops")
     marginal = flops.marginal_costs(model, inventory, data.input_shape)
-    ops = select_splits(scores, {g: marginal[g].add for g in scores},
-                        0.2 * flops.predict(model, data.input_shape).total, GrowConfig())
+    ops, _ = select_splits(scores, {g: marginal[g].add for g in scores},
+                           0.2 * flops.predict(model, data.input_shape).total, GrowConfig(), inventory.widths())
     apply_plan_(model, inventory, Plan(ops))
     train(model, data.train, STEP)  # a DDP fine-tune step on the grown model
     res["splits"], res["stepped"] = len(ops), copy.deepcopy(model.state_dict())
