@@ -41,6 +41,9 @@ class GrowConfig:
     min_step_fraction: float = 0.1  # stop when the budget left is under this fraction of a full step
     max_steps: int = 10
     finetune: TrainConfig = TrainConfig(epochs=0.5)  # after each split step
+    # with a finetune.span other than (0, 1), step k of planned_steps fine-tunes over the k-th equal part
+    # of that span (so the growth steps continue one learning-rate schedule); default: max_steps
+    planned_steps: int | None = None
     final_finetune: TrainConfig = TrainConfig(epochs=1.0)
     curvature: CurvatureConfig = CurvatureConfig()
     seed: int = 0
@@ -202,7 +205,7 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
         lambdas = [float(scores[op.group].eigvals[op.channel]) for op in ops]
         inventory = apply_plan_(model, inventory, Plan(ops))
         new_cost = estimator.predict(model, input_shape).total
-        ft = replace(config.finetune, seed=config.seed * 1000 + step)
+        ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
         result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
         check_in_sync(model, f"growth step {step}")
         per_group: dict[str, int] = {}
@@ -229,6 +232,17 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
             checkpoint.save(model, steps, "final")
         inventory = build_inventory(model, input_shape)
     return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
+
+
+def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
+    """Step ``step``'s part of ``config.finetune.span`` (steps past the plan stay at its end)."""
+    start, end = config.finetune.span
+    if (start, end) == (0.0, 1.0):
+        return start, end
+    n = config.planned_steps or config.max_steps
+    if step > n:
+        return end, end
+    return start + (end - start) * (step - 1) / n, start + (end - start) * step / n
 
 
 def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,

@@ -185,23 +185,32 @@ def uniform_scratch(model: nn.Module, ctx: MethodContext) -> nn.Module:
 
 
 @METHODS.register("splitting")
-def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor") -> nn.Module:
+def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor",
+              one_schedule: bool = True) -> nn.Module:
     """Energy-aware splitting (METHOD.md section 5): shrink the trained model to a seed costing
     ``seed_fraction`` of the budget with the strongest pruning baseline (Taylor, keeping weights), then grow
     it back to the budget by energy-aware splitting (steps of at most x1.4). Fine-tuning epochs: 30% after
-    seeding, 20% spread over the growth steps, 50% final; the same total as every baseline."""
+    seeding, 20% spread over the growth steps, 50% final, the same total as every baseline; with
+    ``one_schedule`` the phases follow one learning-rate schedule (each covers its part of it, as the
+    baselines' single fine-tune does) instead of restarting it."""
     from .grow import Checkpoint, GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
     steps = max(1, math.ceil(math.log(1 / seed_fraction) / math.log(1.4) - 1e-9))
     epochs = ctx.train.epochs
+
+    def phase(share: float, span: tuple) -> TrainConfig:
+        return replace(ctx.train, epochs=share * epochs, span=span if one_schedule else (0.0, 1.0))
+
     resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "model.es").exists()
     if not resumed:
         _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget)
-        _finetune(model, ctx, 0.3 * epochs, desc="seed fine-tune")
-    config = GrowConfig(step_growth=1.4, max_steps=steps + 2, seed=ctx.seed, channel_multiple=ctx.channel_multiple,
-                        finetune=replace(ctx.train, epochs=0.2 * epochs / steps),
-                        final_finetune=replace(ctx.train, epochs=0.5 * epochs))
+        if epochs > 0:
+            train(model, ctx.data.train, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), val=ctx.data.val,
+                  desc="seed fine-tune")
+    config = GrowConfig(step_growth=1.4, max_steps=steps + 2, planned_steps=steps, seed=ctx.seed,
+                        channel_multiple=ctx.channel_multiple, finetune=phase(0.2 / steps, (0.3, 0.5)),
+                        final_finetune=phase(0.5, (0.5, 1.0)))
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint, resume=resumed,
                   log=ctx.log)

@@ -27,6 +27,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 128
     schedule: str = "cosine"  # "cosine", "step" (x0.1 at 50% and 75%) or "constant"
+    # the part of one longer schedule this run covers: a recipe cut into phases (seed fine-tune, growth
+    # steps, final fine-tune) follows a single schedule instead of restarting it in every phase
+    span: tuple = (0.0, 1.0)
     warmup_steps: int = 0
     label_smoothing: float = 0.0
     seed: int = 0
@@ -39,6 +42,9 @@ class TrainConfig:
             raise ValueError("lr and batch_size must be positive")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; use cosine, step or constant")
+        object.__setattr__(self, "span", tuple(float(v) for v in self.span))
+        if len(self.span) != 2 or not 0.0 <= self.span[0] <= self.span[1] <= 1.0:
+            raise ValueError(f"span must be (start, end) with 0 <= start <= end <= 1, got {self.span}")
 
 
 @dataclass
@@ -80,10 +86,11 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0)
 
 
-def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0, span: tuple = (0.0, 1.0)) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``; the run covers ``span`` of the whole schedule."""
     if warmup and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, step / max(1, total))
+    progress = span[0] + (span[1] - span[0]) * min(1.0, step / max(1, total))
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "step":
@@ -136,7 +143,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             batches = iter(loader)
             x, y = next(batches)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps)
+            group["lr"] = config.lr * lr_factor(config.schedule, step, total, config.warmup_steps, config.span)
         loss = criterion(net(x.to(device)), y.to(device))
         if penalty is not None:
             loss = loss + penalty(model)

@@ -101,3 +101,15 @@ def _replay_first_step(seed_model, digits, energy, budget):
     config = replace(_config(), max_steps=1, final_finetune=TrainConfig(epochs=0, progress=False))
     one = grow(copy.deepcopy(seed_model), digits, energy, budget, config, log=lambda s: None)
     return one.model, one.steps, "grow"
+
+
+def test_growth_steps_share_the_fine_tuning_span():
+    from energysplit.grow import _step_span
+
+    from dataclasses import replace
+
+    config = replace(_config(planned_steps=2), finetune=TrainConfig(epochs=0.1, span=(0.3, 0.5), progress=False))
+    assert _step_span(config, 1) == pytest.approx((0.3, 0.4))
+    assert _step_span(config, 2) == pytest.approx((0.4, 0.5))
+    assert _step_span(config, 3) == pytest.approx((0.5, 0.5))  # past the plan: the end of the span
+    assert _step_span(_config(), 2) == (0.0, 1.0)  # the default span restarts nothing

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from energysplit.train import TrainConfig, evaluate, lr_factor, train
@@ -40,3 +41,13 @@ def test_schedules():
     assert lr_factor("step", 60, 100) == 0.1 and lr_factor("step", 80, 100) == 0.01
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100, warmup=4) == 0.25
+
+
+def test_phases_with_spans_follow_one_schedule():
+    whole = [lr_factor("cosine", s, 100) for s in range(100)]
+    phases = [(0.0, 0.3, 30), (0.3, 0.5, 20), (0.5, 1.0, 50)]
+    pieced = [lr_factor("cosine", s, n, span=(a, b)) for a, b, n in phases for s in range(n)]
+    assert pieced == pytest.approx(whole)
+    assert lr_factor("cosine", 0, 10, span=(0.5, 1.0)) == pytest.approx(0.5)  # not a restart at 1.0
+    with pytest.raises(ValueError, match="span"):
+        TrainConfig(span=(0.6, 0.4))
