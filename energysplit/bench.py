@@ -189,6 +189,7 @@ def summarise(out: str | Path):
         lines.append(f"| {r.model} | {r.target} | {r.budget_name} | {r.method} | {r.test_accuracy_mean:.4f} ± "
                      f"{std:.4f} ({int(r.test_accuracy_count)}) | {r.mobile_mJ_mean:.4f} | {r.cpu_ms_mean:.3f} | "
                      f"{r.flops_MACs_mean:,.0f} |")
+    lines += goal_lines(summary)
     failed = df[df.status != "ok"]
     if len(failed):
         lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed {r.seed}: {r.error}"
@@ -196,6 +197,36 @@ def summarise(out: str | Path):
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     pareto_plot(ok, out / "pareto.png")
     return summary
+
+
+PRUNERS = ("l1", "taylor", "slimming", "random")
+UNIFORM = ("uniform", "uniform-scratch")
+
+
+def goal_lines(summary) -> list[str]:
+    """The product's goal per model and budget: splitting's mean accuracy minus the best pruning
+    baseline's (goal: >= +1 point), and whether it Pareto-dominates each uniform-width method (at least
+    as accurate, at no more cost on the budget's target)."""
+    lines = ["", "Goal check (splitting vs the best pruning baseline; vs uniform width):", ""]
+    for (model, target, budget), g in summary.groupby(["model", "target", "budget_name"]):
+        by = g.set_index("method")
+        if "splitting" not in by.index:
+            continue
+        split = by.loc["splitting"]
+        parts = []
+        pruners = by[by.index.isin(PRUNERS)]
+        if len(pruners):
+            best = pruners.test_accuracy_mean.idxmax()
+            gap = 100 * (split.test_accuracy_mean - pruners.test_accuracy_mean.max())
+            parts.append(f"{gap:+.2f} points vs {best} ({'met' if gap >= 1.0 else 'not met'})")
+        for name in UNIFORM:
+            if name in by.index:
+                u = by.loc[name]
+                dominates = (split.test_accuracy_mean >= u.test_accuracy_mean
+                             and split.cost_on_target_mean <= u.cost_on_target_mean)
+                parts.append(f"{'dominates' if dominates else 'does not dominate'} {name}")
+        lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
+    return lines if len(lines) > 3 else []
 
 
 def pareto_plot(df, path: Path) -> None:

@@ -24,3 +24,18 @@ def test_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
     # a second run skips every finished row
     run_benchmark(config, out, log=lambda s: None)
     assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)
+
+
+def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
+    import pandas as pd
+
+    from energysplit.bench import goal_lines
+
+    rows = [("splitting", 0.80, 1.0), ("taylor", 0.79, 1.0), ("l1", 0.70, 1.0), ("uniform", 0.78, 1.0),
+            ("uniform-scratch", 0.81, 0.9)]
+    summary = pd.DataFrame([{"model": "m", "target": "mobile", "budget_name": "0.5", "method": m,
+                             "test_accuracy_mean": a, "cost_on_target_mean": c} for m, a, c in rows])
+    line = goal_lines(summary)[-1]
+    assert "+1.00 points vs taylor (met)" in line
+    assert "dominates uniform;" in line and "does not dominate uniform-scratch" in line
+    assert goal_lines(summary[summary.method != "splitting"]) == []
