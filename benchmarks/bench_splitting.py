@@ -96,14 +96,15 @@ def recalibrate_bn_(model, batches) -> None:
     model.eval()
 
 
-def exact_scores(model, batches, inventory):
+def exact_scores(model, batches, inventory, memory_gb=2.0):
     """The exact solver in two timed halves (accumulating S, then eigh): same as method='exact'."""
     from energysplit import GroupScores, splitting_matrices
     from energysplit.eigen import evaluating
-    from energysplit.exact import smallest_eigenpairs
+    from energysplit.exact import ExactConfig, smallest_eigenpairs
 
+    config = ExactConfig(memory_limit=memory_gb * 1e9)
     with evaluating(model):
-        matrices, t_acc = timed(lambda: splitting_matrices(model, batches, inventory.splittable()))
+        matrices, t_acc = timed(lambda: splitting_matrices(model, batches, inventory.splittable(), config=config))
     start = time.perf_counter()
     out = {}
     for gid in list(matrices):
@@ -141,7 +142,7 @@ def agreement(name, width, data, args):
     budget = args.budget * macs
 
     t_pass = training_pass(model, batches)
-    exact, t_acc, t_eigh = exact_scores(model, batches, inv)
+    exact, t_acc, t_eigh = exact_scores(model, batches, inv, args.exact_memory_gb)
     t_exact = t_acc + t_eigh
     groups = list(exact)
     lam_e = torch.cat([exact[g].eigvals for g in groups]).double()
@@ -150,6 +151,7 @@ def agreement(name, width, data, args):
     for passes in args.passes:
         fast, t_fast = timed(lambda: splitting_scores(model, batches, inv, "fast",
                                                        config=FastConfig(passes=passes, seed=args.seed)))
+        steps = passes * len(batches) + math.ceil(FastConfig().warmup * len(batches))  # warm-up steps too
         lam_f = torch.cat([fast[g].eigvals for g in groups]).double()
         cos = torch.cat([(fast[g].eigvecs.flatten(1) * exact[g].eigvecs.flatten(1)).sum(1).abs() for g in groups])
         overlap = {}
@@ -162,7 +164,7 @@ def agreement(name, width, data, args):
             "groups": len(groups), "neurons": len(lam_e), "negative_exact": int((lam_e < 0).sum()),
             "MACs": macs, "budget_MACs": budget, "train_pass_s": t_pass, "fast_s": t_fast, "exact_s": t_exact,
             "exact_accumulate_s": t_acc, "exact_eigh_s": t_eigh,
-            "fast_over_train_pass": t_fast / t_pass, "fast_over_train_per_step": t_fast / (passes * t_pass),
+            "fast_over_train_pass": t_fast / t_pass, "fast_over_train_per_step": t_fast / (steps / len(batches) * t_pass), "fast_steps": steps,
             "exact_over_fast": t_exact / t_fast, "spearman": float(spearmanr(lam_e.numpy(), lam_f.numpy())[0]),
             "cos_median": float(cos.median()), "cos_ge_0.9": float((cos >= 0.9).double().mean()),
             "overlap_lp": overlap["lp"], "selected_lp_exact": len(picks["lp"]), "overlap_greedy": overlap["greedy"],
@@ -187,7 +189,7 @@ def growth(name, width, args):
     _, t_fast = timed(lambda: splitting_scores(model, batches, inv, "fast", config=FastConfig(passes=1)))
     note = ""
     try:
-        _, t_acc, t_eigh = exact_scores(model, batches, inv)
+        _, t_acc, t_eigh = exact_scores(model, batches, inv, args.exact_memory_gb)
     except EnergySplitError as exc:  # the exact matrices would not fit the memory limit
         t_acc = t_eigh = math.nan
         note = str(exc)
@@ -196,6 +198,22 @@ def growth(name, width, args):
             "neurons": sum(widths.values()), "train_pass_s": t_pass, "fast_s": t_fast,
             "exact_s": t_acc + t_eigh, "exact_accumulate_s": t_acc, "exact_eigh_s": t_eigh,
             "fast_over_train_pass": t_fast / t_pass, "exact_over_fast": (t_acc + t_eigh) / t_fast, "note": note}
+
+
+GOALS = {"fast_over_train_pass": ("<=", 3.0), "exact_over_fast": (">=", 20.0), "spearman": (">=", 0.9),
+         "overlap_lp": (">=", 0.8)}  # issue #5's acceptance goals
+
+
+def goal_verdicts(agree) -> list[str]:
+    """One line per (model, passes): each goal met / NOT met with its number."""
+    lines = []
+    for r in agree.to_dict(orient="records"):
+        parts = []
+        for col, (op, bound) in GOALS.items():
+            ok = r[col] <= bound if op == "<=" else r[col] >= bound
+            parts.append(f"{col} {r[col]:.3g} {op} {bound:g}: {'met' if ok else 'NOT met'}")
+        lines.append(f"goals {r['model']} x{r['width']:g}, {r['passes']} pass(es): " + "; ".join(parts))
+    return lines
 
 
 def plot(frame, path) -> None:
@@ -207,7 +225,7 @@ def plot(frame, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, name in zip(axes, ("mobilenet_v2", "mobilenet_v1")):
         part = frame[(frame["part"] == "growth") & (frame["model"] == name)]
-        for col, label in (("train_pass_s", "training pass"), ("fast_s", "fast, 1 pass"), ("exact_s", "exact")):
+        for col, label in (("train_pass_s", "training pass"), ("fast_s", "fast, 1 pass (+1/4 warm-up)"), ("exact_s", "exact")):
             ax.plot(part["width"], part[col], marker="o", label=label)
         ax.set(title=name, xlabel="width multiplier", ylabel="seconds", yscale="log")
         ax.legend()
@@ -226,6 +244,8 @@ def main(argv=None) -> int:
     p.add_argument("--widths", help="comma-separated width multipliers for the growth study ('' skips it)")
     p.add_argument("--growth-samples", type=int)
     p.add_argument("--budget", type=float, default=0.1, help="selection budget as a fraction of the model's MACs")
+    p.add_argument("--exact-memory-gb", type=float, default=2.0,
+                   help="memory allowed for the exact matrices (ExactConfig.memory_limit); above it exact is skipped")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian package's)")
@@ -239,7 +259,7 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from energysplit import load_dataset
+    from energysplit import FastConfig, load_dataset
 
     torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist", data_dir=args.data_dir).subset(val=2000)
@@ -266,6 +286,9 @@ def main(argv=None) -> int:
                   f"exact {r['exact_s']:.2f} s (accumulate {r['exact_accumulate_s']:.2f}, eigh {r['exact_eigh_s']:.2f})"
                   + (f" [{r['note']}]" if r["note"] else ""), flush=True)
     frame = pd.DataFrame(rows)
+    verdicts = goal_verdicts(frame[frame["part"] == "agreement"])
+    for line in verdicts:
+        print(line)
     tag = f"{cpu_name()}-torch{torch.__version__.split('+')[0]}-t{args.threads}-{args.name or args.profile}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     csv = RESULTS / f"splitting_{tag}.csv"
@@ -274,10 +297,8 @@ def main(argv=None) -> int:
     settings = {k: v for k, v in vars(args).items()}
     agree = frame[frame["part"] == "agreement"]
     summary = {"command": command, "settings": settings, "cpu": cpu_name(), "torch": torch.__version__,
-               "fast_config": "FastConfig(passes=P, seed) defaults otherwise",
-               "goals": {"fast_over_train_pass_max": 3, "exact_over_fast_min": 20, "spearman_min": 0.9,
-                         "overlap_min": 0.8},
-               "results": agree.to_dict(orient="records")}
+               "fast_config": f"FastConfig(passes=P, seed), defaults otherwise: {FastConfig()}",
+               "goals": GOALS, "verdicts": verdicts, "results": agree.to_dict(orient="records")}
     (RESULTS / f"splitting_{tag}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if (frame["part"] == "growth").any():
         plot(frame, RESULTS / f"splitting_{tag}.png")
