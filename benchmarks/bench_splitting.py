@@ -150,8 +150,9 @@ def agreement(name, width, data, args):
     rows = []
     for passes in args.passes:
         fast, t_fast = timed(lambda: splitting_scores(model, batches, inv, "fast",
-                                                       config=FastConfig(passes=passes, seed=args.seed)))
-        steps = passes * len(batches) + math.ceil(FastConfig().warmup * len(batches))  # warm-up steps too
+                                                       config=FastConfig(passes=passes, seed=args.seed,
+                                                                         warmup=args.warmup)))
+        steps = passes * len(batches) + math.ceil(args.warmup * len(batches))  # warm-up steps too
         lam_f = torch.cat([fast[g].eigvals for g in groups]).double()
         cos = torch.cat([(fast[g].eigvecs.flatten(1) * exact[g].eigvecs.flatten(1)).sum(1).abs() for g in groups])
         overlap = {}
@@ -186,7 +187,8 @@ def growth(name, width, args):
     batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
     inv = build_inventory(model, (1, 28, 28))
     t_pass = training_pass(model, batches)
-    _, t_fast = timed(lambda: splitting_scores(model, batches, inv, "fast", config=FastConfig(passes=1)))
+    config = FastConfig(passes=1, warmup=args.warmup)
+    _, t_fast = timed(lambda: splitting_scores(model, batches, inv, "fast", config=config))
     note = ""
     try:
         _, t_acc, t_eigh = exact_scores(model, batches, inv, args.exact_memory_gb)
@@ -246,6 +248,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=0.1, help="selection budget as a fraction of the model's MACs")
     p.add_argument("--exact-memory-gb", type=float, default=2.0,
                    help="memory allowed for the exact matrices (ExactConfig.memory_limit); above it exact is skipped")
+    p.add_argument("--warmup", type=float, default=0.25, help="FastConfig.warmup: extra steps, fraction of a pass")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian package's)")
@@ -297,7 +300,7 @@ def main(argv=None) -> int:
     settings = {k: v for k, v in vars(args).items()}
     agree = frame[frame["part"] == "agreement"]
     summary = {"command": command, "settings": settings, "cpu": cpu_name(), "torch": torch.__version__,
-               "fast_config": f"FastConfig(passes=P, seed), defaults otherwise: {FastConfig()}",
+               "fast_config": f"FastConfig(passes=P, seed, warmup), defaults otherwise: {FastConfig(warmup=args.warmup)}",
                "goals": GOALS, "verdicts": verdicts, "results": agree.to_dict(orient="records")}
     (RESULTS / f"splitting_{tag}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if (frame["part"] == "growth").any():
