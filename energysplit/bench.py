@@ -35,7 +35,7 @@ class BenchConfig:
     lr: float = 0.05
     batch_size: int = 128
     latency_models: tuple = ("mobilenet_v2",)  # models that get the cpu budget (latency is slow to cost)
-    channel_multiple: int = 8  # changed widths stay multiples of this, for every method
+    channel_multiple: int | None = None  # changed widths stay multiples of this, every method; None: the target's
 
 
 PROFILES = {
@@ -144,7 +144,7 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
                 seed_everything(seed)
                 ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
                                     batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
-                                    channel_multiple=config.channel_multiple,
+                                    channel_multiple=config.channel_multiple or target.channel_multiple,
                                     log=lambda s, tag=f"{model_name} {target_name} {fraction:g} {method} s{seed}":
                                     log(f"  [{tag}] {s}"))
                 model = METHODS.get(method)(copy.deepcopy(base), ctx)

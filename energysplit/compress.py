@@ -51,7 +51,7 @@ class CompressConfig:
     lr: float = 0.05
     batch_size: int = 128
     seed: int = 0
-    channel_multiple: int = 8  # changed widths stay multiples of this (:mod:`energysplit.alignment`)
+    channel_multiple: int | None = None  # changed widths stay multiples of this; None: the target's own
     resume: bool = False
     force: bool = False
     trust_pickle: bool = False
@@ -65,7 +65,7 @@ class CompressConfig:
             raise ValueError("--epochs and --base-epochs must be >= 0")
         if self.lr <= 0 or self.batch_size < 1:
             raise ValueError("--lr must be > 0 and --batch-size >= 1")
-        if self.channel_multiple < 1:
+        if self.channel_multiple is not None and self.channel_multiple < 1:
             raise ValueError("--channel-multiple must be >= 1")
         if self.subset is not None and self.subset < 1:
             raise ValueError("--subset must be >= 1")
@@ -204,7 +204,9 @@ def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
         t0 = time.perf_counter()
         before = measure(model, data, report_targets, estimators, "measure input model", config.progress)
         ctx = MethodContext(data, target, budget, recipe, arch=arch, seed=config.seed, workdir=work,
-                            resume=config.resume, log=log, channel_multiple=config.channel_multiple)
+                            resume=config.resume, log=log,
+                            channel_multiple=config.channel_multiple or getattr(target, "channel_multiple", 1))
+        log(f"changed widths stay multiples of {ctx.channel_multiple}")
         t1 = time.perf_counter()
         compressed = method(copy.deepcopy(model), ctx)
         check_in_sync(compressed, config.method)  # data-parallel ranks must hold the same model

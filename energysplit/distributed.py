@@ -229,11 +229,11 @@ class RankZeroEstimator:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def _on_rank_zero(self, method: str, *args):
+    def _on_rank_zero(self, method, *args):
         result = error = None
         if is_main():
             try:
-                result = getattr(self.inner, method)(*args)
+                result = (getattr(self.inner, method) if isinstance(method, str) else method)(*args)
             except Exception as exc:  # every rank raises it, none waits forever
                 error = exc
         result, error = broadcast_object((result, error))
@@ -247,8 +247,11 @@ class RankZeroEstimator:
     def predict(self, model, input_shape):
         return self._on_rank_zero("predict", model, input_shape)
 
-    def marginal_costs(self, model, inventory, input_shape):
-        return self._on_rank_zero("marginal_costs", model, inventory, input_shape)
+    def marginal_costs(self, model, inventory, input_shape, multiple: int = 1):
+        from .estimate import marginal_costs_of
+
+        return self._on_rank_zero(lambda *a: marginal_costs_of(self.inner, *a), model, inventory, input_shape,
+                                  multiple)
 
     def __repr__(self) -> str:
         return f"RankZeroEstimator({self.inner!r})"

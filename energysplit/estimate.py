@@ -67,6 +67,9 @@ class Estimator:
     unit: str = ""
     deterministic: bool = True
     targets: dict[str, dict] = {}
+    # widths the device runs fast: methods keep changed widths multiples of this unless told otherwise
+    # (MobileNet's multiple of 8 by default; :mod:`energysplit.alignment`)
+    channel_multiple: int = 8
 
     def estimate(self, model, input_shape) -> CostReport:
         raise NotImplementedError
@@ -78,16 +81,19 @@ class Estimator:
         """The constructor parameters (public attributes), as stored in a target."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")}
 
-    def marginal_costs(self, model, inventory, input_shape) -> dict[str, MarginalCost]:
+    def marginal_costs(self, model, inventory, input_shape, multiple: int = 1) -> dict[str, MarginalCost]:
+        """Per group: the cost change of one channel more / fewer; with ``multiple`` > 1, per channel of
+        the group's next aligned block (:func:`block_steps`), since runtimes price aligned widths."""
         base = self.predict(model, input_shape).total
         out = {}
         for group in inventory:
             if not group.prunable:  # its width cannot change (e.g. the model output)
                 out[group.id] = MarginalCost(math.nan, math.nan, self.unit)
                 continue
-            add = self.predict(_resized_copy(model, inventory, group.id, +1), input_shape).total - base
-            remove = (base - self.predict(_resized_copy(model, inventory, group.id, -1), input_shape).total
-                      if group.width > 1 else math.nan)
+            up, down = block_steps(group.width, multiple)
+            add = (self.predict(_resized_copy(model, inventory, group.id, up), input_shape).total - base) / up
+            remove = ((base - self.predict(_resized_copy(model, inventory, group.id, -down), input_shape).total)
+                      / down if group.width > down else math.nan)
             out[group.id] = MarginalCost(add, remove, self.unit)
         return out
 
@@ -96,9 +102,28 @@ class Estimator:
         return f"{type(self).__name__}({args})"
 
 
+def block_steps(width: int, multiple: int = 1) -> tuple[int, int]:
+    """Channels in a group's next aligned block up and down (1, 1 without a channel multiple)."""
+    from .alignment import first_block
+
+    if multiple <= 1:
+        return 1, 1
+    return first_block(width, multiple, grow=True), first_block(width, multiple, grow=False)
+
+
+def marginal_costs_of(estimator, model, inventory, input_shape, multiple: int = 1) -> dict[str, MarginalCost]:
+    """``estimator.marginal_costs`` per aligned block; an estimator whose ``marginal_costs`` takes no
+    ``multiple`` (an older plugin) gives per-channel costs."""
+    import inspect
+
+    if multiple > 1 and "multiple" in inspect.signature(estimator.marginal_costs).parameters:
+        return estimator.marginal_costs(model, inventory, input_shape, multiple=multiple)
+    return estimator.marginal_costs(model, inventory, input_shape)
+
+
 def _resized_copy(model, inventory, group_id: str, delta: int):
-    """A copy of ``model`` with one channel more (``delta=+1``, an exact duplicate of channel 0) or one
-    fewer (``delta=-1``, the last channel removed) in a group, made by :mod:`energysplit.surgery`."""
+    """A copy of ``model`` with ``delta`` channels more (exact duplicates of the first ones) or fewer
+    (the last ones removed) in a group, made by :mod:`energysplit.surgery`."""
     import copy
 
     from .plan import Plan, Remove, Split
@@ -106,8 +131,12 @@ def _resized_copy(model, inventory, group_id: str, delta: int):
 
     model = copy.deepcopy(model)
     width = inventory[group_id].width
-    op = Split(group_id, 0) if delta > 0 else Remove(group_id, (width - 1,))
-    apply_plan_(model, inventory, Plan([op]))
+    if delta < 0:
+        apply_plan_(model, inventory, Plan([Remove(group_id, tuple(range(width + delta, width)))]))
+    while delta > 0:  # a plan splits each channel at most once: wider steps take several plans
+        k = min(delta, inventory[group_id].width)
+        inventory = apply_plan_(model, inventory, Plan([Split(group_id, c) for c in range(k)]))
+        delta -= k
     return model
 
 
@@ -150,7 +179,7 @@ class LayerwiseEstimator(Estimator):
     def predict(self, model, input_shape) -> CostReport:
         return LayerwiseEstimator.estimate(self, model, input_shape)
 
-    def marginal_costs(self, model, inventory, input_shape) -> dict[str, MarginalCost]:
+    def marginal_costs(self, model, inventory, input_shape, multiple: int = 1) -> dict[str, MarginalCost]:
         from .layers import capture_layers, resize_specs
 
         specs = capture_layers(model, input_shape)
@@ -160,8 +189,14 @@ class LayerwiseEstimator(Estimator):
             changed = resize_specs(specs, group.producers, delta)
             return self.total_of([changed.get(i, s) for i, s in enumerate(specs)])
 
-        return {g.id: MarginalCost(total(g, +1) - base, base - total(g, -1) if g.width > 1 else math.nan, self.unit)
-                if g.prunable else MarginalCost(math.nan, math.nan, self.unit) for g in inventory}
+        def cost(g):
+            if not g.prunable:
+                return MarginalCost(math.nan, math.nan, self.unit)
+            up, down = block_steps(g.width, multiple)
+            return MarginalCost((total(g, up) - base) / up,
+                                (base - total(g, -down)) / down if g.width > down else math.nan, self.unit)
+
+        return {g.id: cost(g) for g in inventory}
 
 
 @dataclass(frozen=True)
@@ -248,6 +283,7 @@ def estimate(model, input_shape, target: str | Estimator = "flops") -> CostRepor
     return _resolve(target).estimate(model, tuple(input_shape))
 
 
-def marginal_costs(model, inventory, input_shape, target: str | Estimator = "flops") -> dict[str, MarginalCost]:
+def marginal_costs(model, inventory, input_shape, target: str | Estimator = "flops",
+                   multiple: int = 1) -> dict[str, MarginalCost]:
     """Per neuron group: cost of one more channel (split cost T_i) and saving of one fewer."""
-    return _resolve(target).marginal_costs(model, inventory, tuple(input_shape))
+    return marginal_costs_of(_resolve(target), model, inventory, tuple(input_shape), multiple)

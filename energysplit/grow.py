@@ -160,6 +160,7 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
          log: Callable[[str], None] = print) -> GrowResult:
     """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget``."""
     from .eigen import splitting_scores
+    from .estimate import marginal_costs_of
     from .graph import build_inventory
     from .surgery import apply_plan_
     from .distributed import check_in_sync, main_only, rank_zero_estimator
@@ -194,7 +195,7 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
             solver_config = FastConfig(progress=config.finetune.progress)
         scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config)
         t1 = time.perf_counter()
-        marginal = estimator.marginal_costs(model, inventory, input_shape)
+        marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
         costs = {gid: marginal[gid].add for gid in scores}
         ops, sizes = select_splits(scores, costs, step_limit - cost, config, inventory.widths())
         ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)

@@ -59,6 +59,7 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
     Raises BudgetError when the minimum widths cannot reach the budget.
     """
     from .alignment import blocks
+    from .estimate import marginal_costs_of
 
     floor = floor or min_widths(inventory, config)
     scores = {k: v.clone().double() for k, v in importance.items()}
@@ -69,7 +70,7 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
         if rounds >= config.max_rounds:
             raise BudgetError(f"pruning did not converge to {budget:.4g} {estimator.unit} in {rounds} rounds")
         rounds += 1
-        saving = estimator.marginal_costs(model, inventory, input_shape)
+        saving = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
         candidates = []
         for gid, score in scores.items():
             group = inventory[gid]

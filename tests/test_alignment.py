@@ -120,3 +120,33 @@ def test_methods_take_the_channel_multiple_from_the_context(digits, method):
     after = build_inventory(out, digits.input_shape).widths()
     assert after != before and not _aligned_or_unchanged(before, after, 8)
     assert energy.predict(out, digits.input_shape).total <= budget
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet20"])
+def test_block_marginal_costs_match_re_estimating_the_resized_model(digits, name):
+    from energysplit.estimate import Estimator, marginal_costs
+
+    torch.manual_seed(0)
+    model = create_model(name, width=0.25)
+    inventory = build_inventory(model, digits.input_shape)
+    flops = create_target("flops")
+    fast = marginal_costs(model, inventory, digits.input_shape, flops, multiple=8)
+    slow = Estimator.marginal_costs(flops, model, inventory, digits.input_shape, multiple=8)  # surgery + re-estimate
+    one = marginal_costs(model, inventory, digits.input_shape, flops)
+    assert fast.keys() == slow.keys()
+    for gid, cost in fast.items():
+        for a, b in ((cost.add, slow[gid].add), (cost.remove, slow[gid].remove)):
+            assert (a != a and b != b) or a == pytest.approx(b)
+    # per channel, a block of 8 in a linear cost model costs what one channel does, up to cross terms
+    gid = next(g.id for g in inventory.prunable() if g.width % 8 == 0 and g.width > 8)
+    assert fast[gid].add == pytest.approx(one[gid].add, rel=0.5)
+
+
+def test_targets_declare_the_channel_multiple_their_device_runs_fast():
+    from pathlib import Path
+
+    from estimators.ort_latency import nchwc_block
+
+    assert create_target("mobile").channel_multiple == create_target("flops").channel_multiple == 8
+    avx512 = "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    assert create_target("cpu").channel_multiple == nchwc_block() == (16 if avx512 else 8)
