@@ -167,6 +167,8 @@ def add_compress(sub) -> None:
     p.add_argument("--channel-multiple", type=int,
                    help="keep every changed width a multiple of N: runtimes pick fast kernels by channel "
                         "count (default: the target's, 16 for cpu on AVX-512 hosts, else 8; 1 = channel by channel)")
+    p.add_argument("--cost-aware", action="store_true",
+                   help="pruning ranks channels by importance per unit of the target's saving (default: importance)")
     p.add_argument("--config", help="JSON file of these options; flags given here override it")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
@@ -186,6 +188,7 @@ def run_compress(args) -> int:
                                            "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
                                            "seed", "channel_multiple")}
     flags.update(resume=args.resume or None, force=args.force or None, trust_pickle=args.trust_pickle or None,
+                 cost_aware=args.cost_aware or None,
                  progress=False if args.no_progress else None)
     from_file = read_config_file(args.config) if args.config else {}
     demo = args.demo or not (args.model or from_file.get("model"))

@@ -52,6 +52,7 @@ class CompressConfig:
     batch_size: int = 128
     seed: int = 0
     channel_multiple: int | None = None  # changed widths stay multiples of this; None: the target's own
+    cost_aware: bool = False  # pruning (and splitting's seed) ranks channels by importance per unit of saving
     resume: bool = False
     force: bool = False
     trust_pickle: bool = False
@@ -204,7 +205,7 @@ def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
         t0 = time.perf_counter()
         before = measure(model, data, report_targets, estimators, "measure input model", config.progress)
         ctx = MethodContext(data, target, budget, recipe, arch=arch, seed=config.seed, workdir=work,
-                            resume=config.resume, log=log,
+                            resume=config.resume, log=log, cost_aware=config.cost_aware,
                             channel_multiple=config.channel_multiple or getattr(target, "channel_multiple", 1))
         log(f"changed widths stay multiples of {ctx.channel_multiple}")
         t1 = time.perf_counter()

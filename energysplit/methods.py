@@ -33,6 +33,7 @@ class MethodContext:
     seed: int = 0
     prune_min_fraction: float = 0.1
     channel_multiple: int = 1  # every changed width stays a multiple of this (:mod:`energysplit.alignment`)
+    cost_aware: bool = False  # pruners rank channels by importance / the target's saving
     score_batches: int = 8
     workdir: Path | None = None  # checkpoints (splitting)
     resume: bool = False
@@ -50,7 +51,7 @@ def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "
     return train(model, ctx.data.train, replace(ctx.train, epochs=epochs, seed=ctx.seed), val=ctx.data.val, desc=desc)
 
 
-def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None, cost_aware: bool = False):
+def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None):
     from .graph import build_inventory
     from .pruning import PruneConfig, prune_to_budget_
 
@@ -58,7 +59,7 @@ def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None
     scores = importance_fn(model, inventory)
     from .importance import normalise_per_group
 
-    cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=cost_aware,
+    cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,
                       channel_multiple=ctx.channel_multiple)
     inventory, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
                                          ctx.input_shape, normalise_per_group(scores), cfg)

@@ -106,3 +106,25 @@ def test_taylor_importance_ranks_a_dead_channel_last(digits):
     batches = [(digits.train.tensors[0][:64], digits.train.tensors[1][:64])]
     scores = taylor_importance(model, inventory, batches)
     assert scores[group.id][2] == 0 and scores[group.id].max() > 0
+
+
+def test_cost_aware_ranking_reaches_the_pruner(digits, monkeypatch):
+    import energysplit.pruning as pruning
+
+    seen = []
+    real = pruning.prune_to_budget_
+
+    def spy(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("config"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, "prune_to_budget_", spy)
+    torch.manual_seed(0)
+    model = create_model("vgg_small", width=0.25)
+    energy = create_target("mobile")
+    budget = 0.5 * energy.predict(model, digits.input_shape).total
+    ctx = _ctx(digits, energy, budget)
+    ctx.cost_aware = True
+    out = METHODS.get("l1")(copy.deepcopy(model), ctx)
+    assert seen and seen[0].cost_aware
+    assert energy.predict(out, digits.input_shape).total <= budget
