@@ -192,7 +192,8 @@ def summarise(out: str | Path):
     lines += goal_lines(summary)
     failed = df[df.status != "ok"]
     if len(failed):
-        lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed {r.seed}: {r.error}"
+        lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed "
+                                         f"{'-' if pd.isna(r.seed) else int(r.seed)}: {r.error}"
                                          for _, r in failed.iterrows()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     pareto_plot(ok, out / "pareto.png")
