@@ -2,7 +2,7 @@
 Torch-Pruning's global magnitude (L1) pruner (DepGraph), then fine-tuned with the same recipe and seeds.
 
     pip install torch-pruning        # the `bench` extra: pip install -e '.[bench]'
-    python benchmarks/torch_pruning_check.py --base benchmarks/results/compare-medium-mobilenet_v2/base_mobilenet_v2.es
+    python benchmarks/torch_pruning_check.py --base benchmarks/results/compare-medium-aligned-mobilenet_v2/base_mobilenet_v2.es
 
 Prints accuracy and MACs per seed and the mean difference; writes a CSV next to the other results.
 """
