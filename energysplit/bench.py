@@ -24,6 +24,7 @@ FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", 
 class BenchConfig:
     models: tuple = ("mobilenet_v2", "mobilenet_v1")
     width: float = 0.5
+    act: str | None = None  # the zoo models' activation (None: each model's default, ReLU6 / ReLU)
     methods: tuple = ("splitting", "l1", "taylor", "slimming", "random", "uniform", "uniform-scratch")
     budgets: tuple = (("mobile", 0.5), ("mobile", 0.25), ("cpu", 0.7))  # (target, fraction of the base cost)
     seeds: tuple = (0, 1, 2)
@@ -80,7 +81,7 @@ def base_model(name: str, config: BenchConfig, data, out: Path, log):
 
     path = out / f"base_{name}.es"
     arch = {"name": name, "kwargs": {"in_channels": data.in_channels, "num_classes": data.num_classes,
-                                     "width": config.width}}
+                                     "width": config.width, **({"act": config.act} if config.act else {})}}
     if path.exists():
         model, _ = load_model(path)
         return model, arch

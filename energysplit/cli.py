@@ -350,6 +350,7 @@ def add_bench(sub) -> None:
                                      "(overrides the profile; cpu budgets apply to every model given)")
     p.add_argument("--channel-multiple", type=int,
                    help="keep every changed width a multiple of N (default: each target's own, see compress)")
+    p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
     p.set_defaults(func=run_bench)
 
 
@@ -375,6 +376,8 @@ def run_bench(args) -> int:
         config = replace(config, budgets=tuple((t, float(f)) for t, f in pairs), latency_models=config.models)
     if args.channel_multiple is not None:
         config = replace(config, channel_multiple=args.channel_multiple)
+    if args.act:
+        config = replace(config, act=args.act)
     out = args.out or f"benchmarks/results/compare-{args.profile}"
     from .distributed import destroy_distributed, init_distributed, is_main
 

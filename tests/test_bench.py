@@ -39,3 +39,15 @@ def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
     assert "+1.00 points vs taylor (met)" in line
     assert "dominates uniform;" in line and "does not dominate uniform-scratch" in line
     assert goal_lines(summary[summary.method != "splitting"]) == []
+
+
+def test_bench_builds_its_base_models_with_the_requested_activation(digits, tmp_path):
+    import torch
+
+    from energysplit.bench import base_model
+
+    config = replace(PROFILES["tiny"], act="silu", base_epochs=0)
+    model, arch = base_model("vgg_small", config, digits.subset(train=64, val=32), tmp_path, log=lambda s: None)
+    assert arch["kwargs"]["act"] == "silu"
+    assert any(isinstance(m, torch.nn.SiLU) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
