@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full-profile comparison (full Fashion-MNIST, MobileNetV2 and MobileNetV1 at width 0.5, budgets 50%/25%
-# of `mobile` energy and 70% of `cpu` latency, 7 methods, 3 seeds). About 8 hours on 2 CPU cores: run it
+# of `mobile` energy and 70% of `cpu` latency, 7 methods, 3 seeds). An estimated 8 hours on 2 CPU cores: run it
 # on a bigger machine (it trains on the CPU cores; a GPU is not used yet).
 # Usage: tools/run_full_bench.sh [extra `energysplit bench` flags]
 set -euo pipefail
