@@ -4,7 +4,9 @@ Each block configuration (:mod:`estimators.ort_blocks`) is exported alone and ti
 threads, sequential, ORT_ENABLE_ALL, inputs and outputs bound once so no copies are timed); one
 profiled run splits its time into the block's own kernels and the NCHWc layout reorders ORT put around
 it. Entries ``{"ms", "ri", "ro"}`` (ms) are cached on disk in JSON per host, ORT version and thread
-count. Predicted model latency = fixed per-run overhead + the blocks' kernels + the reorders at layout
+count. Because entries are measured on demand, over days and under whatever else the machine runs, each
+new entry is scaled by ``reference_ms / reference now`` (a fixed reference conv timed when the table
+started and again just before the entry), so entries measured on a busier machine stay comparable. Predicted model latency = fixed per-run overhead + the blocks' kernels + the reorders at layout
 boundaries (:func:`estimators.ort_blocks.layout_costs`).
 """
 from __future__ import annotations
@@ -159,6 +161,20 @@ def _valid_entries(data: dict) -> dict[str, dict]:
     return {k: v for k, v in data.get("entries", {}).items() if isinstance(v, dict) and {"ms", "ri", "ro"} <= set(v)}
 
 
+class _Reference(nn.Module):
+    """The fixed workload that ties entries measured at different times (and loads) together."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+REFERENCE_SHAPES = [(32, 14, 14)]
+
+
 class LatencyLUT:
     """Block latencies (ms, median) of this host, loaded from and saved to ``path`` (JSON).
 
@@ -175,6 +191,7 @@ class LatencyLUT:
                      "provider": "CPUExecutionProvider", "versions": versions()}
         self.entries: dict[str, dict] = {}
         self.overhead_ms: float | None = None
+        self.reference_ms: float | None = None
         self.foreign = False
         if self.path.exists():
             data = json.loads(self.path.read_text())
@@ -185,11 +202,12 @@ class LatencyLUT:
                 data = {**self.meta, "entries": {}}
             self.entries = _valid_entries(data)
             self.overhead_ms = data.get("overhead_ms")
+            self.reference_ms = data.get("reference_ms")
             mine = (self.meta["host"], self.meta["threads"], self.meta["versions"]["onnxruntime"])
             theirs = (data.get("host"), data.get("threads"), data.get("versions", {}).get("onnxruntime"))
             self.foreign = mine != theirs
             if self.foreign:
-                self.meta = {k: v for k, v in data.items() if k not in ("entries", "overhead_ms")}
+                self.meta = {k: v for k, v in data.items() if k not in ("entries", "overhead_ms", "reference_ms")}
         self.dirty = False
 
     def _measure(self, module, shapes, profile: bool = False):
@@ -212,6 +230,7 @@ class LatencyLUT:
         n = -(-COLD_FACTOR * l2_bytes() // weight_bytes) if key.get("cold") else 1
         if n > 1:
             module = _Copies([module] + [block_module(key)[0] for _ in range(n - 1)])
+        scale = self._load_scale()
         wall, k = self._measure(module, shapes, profile=True)
         net = max(wall - self.overhead(), 0.0)
         # profiling adds a roughly constant time to every node: remove it so the kernels add up to the
@@ -221,7 +240,15 @@ class LatencyLUT:
         ri = max(k["ReorderInput"] - bias * k["n_ReorderInput"], 0.0) * 1e-3
         ro = max(k["ReorderOutput"] - bias * k["n_ReorderOutput"], 0.0) * 1e-3
         ri, ro = min(ri, net), min(ro, max(net - ri, 0.0))
-        return {"ms": (net - ri - ro) / n, "ri": ri / n, "ro": ro / n}
+        return {"ms": scale * (net - ri - ro) / n, "ri": scale * ri / n, "ro": scale * ro / n}
+
+    def _load_scale(self) -> float:
+        """``reference_ms`` (timed when the table started) / the reference timed now, within [0.5, 2]:
+        an entry measured while the machine is busier is scaled back to the table's conditions."""
+        now = self._measure(_Reference(), REFERENCE_SHAPES)
+        if self.reference_ms is None:
+            self.reference_ms, self.dirty = now, True
+        return min(2.0, max(0.5, self.reference_ms / now)) if now > 0 else 1.0
 
     def overhead(self) -> float:
         """Fixed per-run cost (ms): a one-element ReLU graph."""
@@ -250,7 +277,8 @@ class LatencyLUT:
             return None
         from energysplit.io import atomic_write_json
 
-        data = {**self.meta, "overhead_ms": self.overhead_ms, "entries": dict(sorted(self.entries.items()))}
+        data = {**self.meta, "overhead_ms": self.overhead_ms, "reference_ms": self.reference_ms,
+                "entries": dict(sorted(self.entries.items()))}
         if self.path.exists():  # merge entries another process added meanwhile
             try:
                 old = json.loads(self.path.read_text())

@@ -362,3 +362,27 @@ def test_checkout_without_metadata_falls_back_to_the_in_tree_builtins():
         load_plugins(force=True)
         assert set(declared) <= set(ESTIMATORS.names())
         assert TARGETS.origin("mobile") == "built-in (in-tree)"
+
+
+def test_latency_entries_measured_under_load_are_scaled_to_the_tables_conditions(monkeypatch, tmp_path):
+    from estimators.ort_lut import LatencyLUT, _Reference
+
+    load = {"factor": 1.0}
+    quiet = {"reference": 0.5, "overhead": 0.01, "block": 2.0}
+
+    def fake_measure(self, module, shapes, profile=False):
+        kind = "reference" if isinstance(module, _Reference) else "overhead" if list(shapes) == [(1,)] else "block"
+        wall = quiet[kind] * (1.0 if kind == "overhead" else load["factor"])
+        kernels = dict.fromkeys(["ReorderInput", "ReorderOutput", "other", "n_ReorderInput", "n_ReorderOutput",
+                                 "n_other"], 0.0)
+        return (wall, kernels) if profile else wall
+
+    monkeypatch.setattr(LatencyLUT, "_measure", fake_measure)
+    lut = LatencyLUT(tmp_path / "t.json")
+    quiet_entry = lut.lookup({"op": "act", "in": [4, 4, 4], "n": 1, "act": "relu"})["ms"]
+    load["factor"] = 1.8  # the machine gets busier: every kernel 1.8x slower
+    busy_entry = lut.lookup({"op": "act", "in": [8, 4, 4], "n": 1, "act": "relu"})["ms"]
+    assert quiet_entry == pytest.approx(2.0 - 0.01)
+    assert busy_entry == pytest.approx(quiet_entry, rel=0.01)  # unscaled it would be 3.59
+    lut.save()
+    assert json.loads((tmp_path / "t.json").read_text())["reference_ms"] == pytest.approx(0.5)
