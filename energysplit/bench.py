@@ -37,6 +37,7 @@ class BenchConfig:
     batch_size: int = 128
     latency_models: tuple = ("mobilenet_v2",)  # models that get the cpu budget (latency is slow to cost)
     channel_multiple: int | None = None  # changed widths stay multiples of this, every method; None: the target's
+    device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit.device)
 
 
 PROFILES = {
@@ -99,6 +100,14 @@ def base_model(name: str, config: BenchConfig, data, out: Path, log):
 
 
 def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=print) -> Path:
+    """Run (or resume) the sweep into ``out``; returns ``out``."""
+    from .device import use_device
+
+    with use_device(config.device):
+        return _run_benchmark(config, Path(out), command, log)
+
+
+def _run_benchmark(config: BenchConfig, out: Path, command: str, log) -> Path:
     from .data import load_dataset
     from .estimate import create_target
     from .methods import METHODS, MethodContext
@@ -107,7 +116,6 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
     from .distributed import barrier, is_main, main_only, rank_zero_estimator
 
     log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
-    out = Path(out)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []

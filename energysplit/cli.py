@@ -57,6 +57,7 @@ def add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the trained state dict here (.pt)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (a GPU when present)")
     p.set_defaults(func=run_train)
 
 
@@ -72,8 +73,11 @@ def run_train(args) -> int:
     model = create_model(arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
                          width=args.width, act=args.act)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    result = train(model, splits.train, config, val=splits.val)
-    test = evaluate(model, splits.test)
+    from .device import use_device
+
+    with use_device(args.device):
+        result = train(model, splits.train, config, val=splits.val)
+        test = evaluate(model, splits.test)
     params = sum(p.numel() for p in model.parameters())
     record = {"arch": arch, "data": splits.name, "params": params, **result.to_dict(),
               "test_accuracy": test.accuracy, "test_loss": test.loss}
@@ -174,6 +178,8 @@ def add_compress(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a full pickled model (runs code from the file: only for files you trust)")
+    p.add_argument("--device", help="where training and scoring run: cpu (default), cuda, cuda:N, or auto (a GPU "
+                                    "when present); models are moved there and back for each step")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_compress)
 
@@ -186,7 +192,7 @@ def run_compress(args) -> int:
 
     flags = {k: getattr(args, k) for k in ("model", "arch", "width", "act", "target", "budget", "method", "data",
                                            "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
-                                           "seed", "channel_multiple")}
+                                           "seed", "channel_multiple", "device")}
     flags.update(resume=args.resume or None, force=args.force or None, trust_pickle=args.trust_pickle or None,
                  cost_aware=args.cost_aware or None,
                  progress=False if args.no_progress else None)
@@ -351,6 +357,8 @@ def add_bench(sub) -> None:
     p.add_argument("--channel-multiple", type=int,
                    help="keep every changed width a multiple of N (default: each target's own, see compress)")
     p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
+    p.add_argument("--device", help="where training and scoring run: cpu (default), cuda, cuda:N, or auto (a GPU "
+                                    "when present); models are moved there and back for each step")
     p.set_defaults(func=run_bench)
 
 
@@ -378,6 +386,8 @@ def run_bench(args) -> int:
         config = replace(config, channel_multiple=args.channel_multiple)
     if args.act:
         config = replace(config, act=args.act)
+    if args.device:
+        config = replace(config, device=args.device)
     out = args.out or f"benchmarks/results/compare-{args.profile}"
     from .distributed import destroy_distributed, init_distributed, is_main
 

@@ -58,6 +58,7 @@ class CompressConfig:
     trust_pickle: bool = False
     report_targets: tuple = ("flops", "mobile", "cpu")
     progress: bool = True
+    device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit.device)
 
     def __post_init__(self):
         object.__setattr__(self, "budget", str(self.budget))
@@ -146,6 +147,13 @@ def check_out(config: CompressConfig) -> Path:
 
 def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
     """Run the whole job; returns the report dict. See the module docstring for the outputs."""
+    from .device import use_device
+
+    with use_device(config.device):
+        return _compress(config, command, log)
+
+
+def _compress(config: CompressConfig, command: str, log) -> dict:
     from .data import load_dataset
     from .estimate import TARGETS, create_target
     from .methods import METHODS, MethodContext

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .activations import CurvatureConfig, derivatives, is_identity
+from .device import on_compute_device
 from .inventory import Group, Inventory
 from .registry import Registry
 from .taps import Step, Tracker, resolve
@@ -57,7 +58,8 @@ def splitting_scores(model: nn.Module, batches: Iterable | Dataset, inventory: I
     solver config's ``batch_size``; the fast solver reshuffles it each pass). method: a name in
     ``SOLVERS`` (``fast`` or ``exact``); config: that solver's config (:class:`energysplit.rayleigh.FastConfig`
     or :class:`energysplit.exact.ExactConfig`), defaults if None. loss_fn: mean-reduced loss of
-    ``(model(x), y)``, cross-entropy by default. groups: restrict to these group ids.
+    ``(model(x), y)``, cross-entropy by default. groups: restrict to these group ids. Runs on the compute
+    device (:mod:`energysplit.device`); the scores come back on the CPU.
     """
     solver = SOLVERS.get(method)
     chosen = [g for g in inventory.splittable() if groups is None or g.id in set(groups)]
@@ -68,8 +70,9 @@ def splitting_scores(model: nn.Module, batches: Iterable | Dataset, inventory: I
     loss_fn = loss_fn or nn.functional.cross_entropy
     if not chosen:
         return {}
-    with evaluating(model):
-        return solver(model, batches, chosen, curvature, config, loss_fn)
+    with on_compute_device(model), evaluating(model):
+        scores = solver(model, batches, chosen, curvature, config, loss_fn)
+    return {gid: GroupScores(s.eigvals.cpu(), s.eigvecs.cpu()) for gid, s in scores.items()}
 
 
 @contextmanager

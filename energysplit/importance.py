@@ -15,6 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .device import on_compute_device
 from .inventory import Group, Inventory
 
 
@@ -69,6 +70,11 @@ def slimming_penalty(model: nn.Module, inventory: Inventory, strength: float = 1
 
 def taylor_importance(model: nn.Module, inventory: Inventory,
                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    with on_compute_device(model):
+        return _taylor_importance(model, inventory, batches)
+
+
+def _taylor_importance(model, inventory, batches) -> dict[str, torch.Tensor]:
     groups = inventory.prunable()
     device = next(model.parameters()).device
     scores = {g.id: torch.zeros(g.width) for g in groups}

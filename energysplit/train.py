@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from .device import on_compute_device
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -116,8 +118,14 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
           penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` (fractions allowed) and return a record.
 
-    ``penalty(model)``, if given, is added to the loss (e.g. network slimming's L1 on BN scales).
+    ``penalty(model)``, if given, is added to the loss (e.g. network slimming's L1 on BN scales). Runs on
+    the compute device (:mod:`energysplit.device`); the model comes back on its own device.
     """
+    with on_compute_device(model):
+        return _train(model, data, config, val, sampler, desc, penalty)
+
+
+def _train(model, data, config, val, sampler, desc, penalty) -> TrainResult:
     seed_everything(config.seed)
     start = time.perf_counter()
     device = model_device(model)
@@ -163,9 +171,14 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     return result
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512, progress: bool = False) -> EvalResult:
-    """Accuracy and mean cross-entropy in eval mode, in a fixed order (deterministic)."""
+    """Accuracy and mean cross-entropy in eval mode, in a fixed order (deterministic), on the compute device."""
+    with on_compute_device(model):
+        return _evaluate(model, data, batch_size, progress)
+
+
+@torch.no_grad()
+def _evaluate(model, data, batch_size, progress) -> EvalResult:
     start = time.perf_counter()
     device = model_device(model)
     was_training = model.training

@@ -1,0 +1,84 @@
+"""The compute device: where training, evaluation, importance and splitting scores run.
+
+Models live on the CPU between those steps (surgery, cost estimates, archives, ONNX export all work on
+the CPU). Each heavy step wraps its work in ``on_compute_device(model)``, which moves the model's
+parameters in place to the device chosen with ``use_device`` and back afterwards, so a model handed to
+or returned by any public function is on the device it came in on.
+
+The choice is process-wide, like ``torch.set_default_device``; the CLI sets it for one command
+(``--device``) and restores it after. Under torchrun, ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .errors import EnergySplitError
+
+_current = torch.device("cpu")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` -> a torch device."""
+    from .distributed import device as process_device
+
+    text = str(name).strip().lower()
+    if text == "auto":
+        return process_device()
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise EnergySplitError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise EnergySplitError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise EnergySplitError(f"device {name!r} asked for, but this torch sees no CUDA GPU: use --device cpu")
+    if dev.index is None:
+        return process_device()
+    if dev.index >= torch.cuda.device_count():
+        raise EnergySplitError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+def compute_device() -> torch.device:
+    return _current
+
+
+@contextmanager
+def use_device(name: str | torch.device):
+    """Run the enclosed work's heavy steps on ``name`` (see :func:`resolve_device`); restore after."""
+    global _current
+    previous, _current = _current, resolve_device(name)
+    try:
+        yield _current
+    finally:
+        _current = previous
+
+
+def _home(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@contextmanager
+def on_compute_device(model: nn.Module):
+    """Move ``model`` to the compute device for the enclosed work and back to where it was after.
+
+    Parameters are moved in place (their identity is kept), so hooks and references taken inside stay
+    valid. Nested uses are free: a model already on the compute device is left where it is.
+    """
+    home, target = _home(model), _current
+    if home == target:
+        yield model
+        return
+    model.to(target)
+    try:
+        yield model
+    finally:
+        model.to(home)
