@@ -182,6 +182,8 @@ class LatencyLUT:
     is then an error rather than a measurement on the wrong machine.
     """
 
+    scale_ttl_s = 2.0  # how long one timing of the reference workload stands for the machine's load
+
     def __init__(self, path: str | Path | None = None, threads: int = 1, warmup: int = 10, repeats: int = 100,
                  budget_s: float = 0.05):
         self.threads, self.warmup, self.repeats, self.budget_s = threads, warmup, repeats, budget_s
@@ -209,6 +211,7 @@ class LatencyLUT:
             if self.foreign:
                 self.meta = {k: v for k, v in data.items() if k not in ("entries", "overhead_ms", "reference_ms")}
         self.dirty = False
+        self._scale = (-float("inf"), 1.0)  # (monotonic time, load scale) of the last reference timing
 
     def _measure(self, module, shapes, profile: bool = False):
         """Median ms of one run of ``module`` including the fixed per-run overhead; with ``profile`` also
@@ -244,11 +247,17 @@ class LatencyLUT:
 
     def _load_scale(self) -> float:
         """``reference_ms`` (timed when the table started) / the reference timed now, within [0.5, 2]:
-        an entry measured while the machine is busier is scaled back to the table's conditions."""
+        an entry measured while the machine is busier is scaled back to the table's conditions. Entries
+        measured within ``scale_ttl_s`` of the last reference timing share its scale."""
+        taken_at, scale = self._scale
+        if time.monotonic() - taken_at < self.scale_ttl_s:
+            return scale
         now = self._measure(_Reference(), REFERENCE_SHAPES)
         if self.reference_ms is None:
             self.reference_ms, self.dirty = now, True
-        return min(2.0, max(0.5, self.reference_ms / now)) if now > 0 else 1.0
+        scale = min(2.0, max(0.5, self.reference_ms / now)) if now > 0 else 1.0
+        self._scale = (time.monotonic(), scale)
+        return scale
 
     def overhead(self) -> float:
         """Fixed per-run cost (ms): a one-element ReLU graph."""

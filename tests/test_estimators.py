@@ -378,6 +378,7 @@ def test_latency_entries_measured_under_load_are_scaled_to_the_tables_conditions
         return (wall, kernels) if profile else wall
 
     monkeypatch.setattr(LatencyLUT, "_measure", fake_measure)
+    monkeypatch.setattr(LatencyLUT, "scale_ttl_s", 0.0)  # time the reference before every entry
     lut = LatencyLUT(tmp_path / "t.json")
     quiet_entry = lut.lookup({"op": "act", "in": [4, 4, 4], "n": 1, "act": "relu"})["ms"]
     load["factor"] = 1.8  # the machine gets busier: every kernel 1.8x slower
@@ -386,3 +387,27 @@ def test_latency_entries_measured_under_load_are_scaled_to_the_tables_conditions
     assert busy_entry == pytest.approx(quiet_entry, rel=0.01)  # unscaled it would be 3.59
     lut.save()
     assert json.loads((tmp_path / "t.json").read_text())["reference_ms"] == pytest.approx(0.5)
+
+
+def test_entries_measured_back_to_back_share_one_reference_timing(monkeypatch, tmp_path):
+    from estimators.ort_lut import LatencyLUT, _Reference
+
+    clock = {"now": 100.0}
+    timed = []
+
+    def fake_measure(self, module, shapes, profile=False):
+        timed.append("reference" if isinstance(module, _Reference) else "other")
+        kernels = dict.fromkeys(["ReorderInput", "ReorderOutput", "other", "n_ReorderInput", "n_ReorderOutput",
+                                 "n_other"], 0.0)
+        return (1.0, kernels) if profile else 1.0
+
+    monkeypatch.setattr(LatencyLUT, "_measure", fake_measure)
+    monkeypatch.setattr("estimators.ort_lut.time.monotonic", lambda: clock["now"])
+    lut = LatencyLUT(tmp_path / "t.json")
+    for c in (4, 8, 12):
+        lut.lookup({"op": "act", "in": [c, 4, 4], "n": 1, "act": "relu"})
+        clock["now"] += 0.5  # well within scale_ttl_s
+    assert timed.count("reference") == 1
+    clock["now"] += lut.scale_ttl_s  # later, the load may have changed: time the reference again
+    lut.lookup({"op": "act", "in": [16, 4, 4], "n": 1, "act": "relu"})
+    assert timed.count("reference") == 2
