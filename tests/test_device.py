@@ -73,9 +73,9 @@ def test_train_scores_and_importance_run_on_cuda_and_hand_the_model_back(digits)
     inv = build_inventory(model, digits.input_shape)
     batches = [(x, y) for x, y in torch.utils.data.DataLoader(digits.train, batch_size=64)][:4]
     with use_device("cuda"):
-        train(model, digits.train, TrainConfig(epochs=0.5, seed=0, progress=False))
+        train(model, digits.train, TrainConfig(epochs=4, seed=0, progress=False))
         assert all(p.device.type == "cpu" for p in model.parameters())
-        assert evaluate(model, digits.test).accuracy > 0.3
+        assert evaluate(model, digits.test).accuracy > 0.9  # 0.98 on the CPU
         scores = splitting_scores(model, batches, inv, "fast")
         importance = taylor_importance(model, inv, batches)
     assert all(p is params[name] for name, p in model.named_parameters())  # moved in place, identity kept
