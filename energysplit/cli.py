@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 
+DEVICE_HELP = ("where training, evaluation and scoring run: cpu (default), cuda, cuda:N, or auto (a GPU when "
+               "present); the model moves there for each step and back")
+
+
 class UserError(Exception):
     """An error in the user's input: printed as one line, exit status 2."""
 
@@ -57,7 +61,7 @@ def add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the trained state dict here (.pt)")
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto (a GPU when present)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=run_train)
 
 
@@ -178,8 +182,7 @@ def add_compress(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a full pickled model (runs code from the file: only for files you trust)")
-    p.add_argument("--device", help="where training and scoring run: cpu (default), cuda, cuda:N, or auto (a GPU "
-                                    "when present); models are moved there and back for each step")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_compress)
 
@@ -357,8 +360,7 @@ def add_bench(sub) -> None:
     p.add_argument("--channel-multiple", type=int,
                    help="keep every changed width a multiple of N (default: each target's own, see compress)")
     p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
-    p.add_argument("--device", help="where training and scoring run: cpu (default), cuda, cuda:N, or auto (a GPU "
-                                    "when present); models are moved there and back for each step")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=run_bench)
 
 

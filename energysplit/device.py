@@ -59,11 +59,10 @@ def use_device(name: str | torch.device):
         _current = previous
 
 
-def _home(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 @contextmanager
@@ -73,7 +72,7 @@ def on_compute_device(model: nn.Module):
     Parameters are moved in place (their identity is kept), so hooks and references taken inside stay
     valid. Nested uses are free: a model already on the compute device is left where it is.
     """
-    home, target = _home(model), _current
+    home, target = model_device(model), _current
     if home == target:
         yield model
         return

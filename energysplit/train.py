@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from .device import on_compute_device
+from .device import model_device, on_compute_device
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,6 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), val: Dataset | None = None,

@@ -6,8 +6,9 @@ profiled run splits its time into the block's own kernels and the NCHWc layout r
 it. Entries ``{"ms", "ri", "ro"}`` (ms) are cached on disk in JSON per host, ORT version and thread
 count. Because entries are measured on demand, over days and under whatever else the machine runs, each
 new entry is scaled by ``reference_ms / reference now`` (a fixed reference conv timed when the table
-started and again just before the entry), so entries measured on a busier machine stay comparable. Predicted model latency = fixed per-run overhead + the blocks' kernels + the reorders at layout
-boundaries (:func:`estimators.ort_blocks.layout_costs`).
+started and again, at most every ``scale_ttl_s``, before an entry), so entries measured on a busier
+machine stay comparable. Predicted model latency = fixed per-run overhead + the blocks' kernels + the
+reorders at layout boundaries (:func:`estimators.ort_blocks.layout_costs`).
 """
 from __future__ import annotations
 
