@@ -1,12 +1,20 @@
 """Benchmark: every method, from the same trained base model and data, to the same budgets, with the
 same fine-tuning epochs, over several seeds. Rows are appended to a CSV as they finish (a crashed sweep
 resumes where it stopped); a failing method is recorded and the sweep goes on.
+
+Several processes can share one sweep (``worker=True``, e.g. a few processes feeding one GPU): each takes
+the next job that is neither finished nor claimed by a live process of this host (``claims.json``), so the
+work balances itself and a sweep cut short still has its early seeds. A lock file serialises their writes.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import fcntl
 import json
+import os
+import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -74,6 +82,69 @@ def _append(path: Path, row: dict) -> None:
         f.flush()
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Exclusive lock on ``out`` across processes (the worker processes of one sweep)."""
+    with (out / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _device_name(device: str) -> str:
+    from .device import resolve_device
+
+    resolved = resolve_device(device)
+    return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+def _git_commit() -> str | None:
+    """The energysplit checkout's commit (with ``+dirty`` for local changes), or None outside a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(out: Path, key: tuple) -> bool:
+    """Claim one job for this worker process: False when it is finished or claimed by another live process
+    (claims by processes of other hosts count as live)."""
+    path, name = out / "claims.json", "|".join(key)
+    with _locked(out):
+        if key in _done_rows(out / "results.csv"):
+            return False
+        claims = json.loads(path.read_text()) if path.exists() else {}
+        owner = claims.get(name)
+        if owner and owner["pid"] != os.getpid() and (owner["host"] != socket.gethostname() or _alive(owner["pid"])):
+            return False
+        claims[name] = {"host": socket.gethostname(), "pid": os.getpid()}
+        atomic_write_json(path, claims)
+        return True
+
+
 def base_model(name: str, config: BenchConfig, data, out: Path, log):
     """Train (or reload) the shared base model of ``name``."""
     from .archive import load_model, save_model
@@ -99,27 +170,33 @@ def base_model(name: str, config: BenchConfig, data, out: Path, log):
     return model, arch
 
 
-def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=print) -> Path:
-    """Run (or resume) the sweep into ``out``; returns ``out``."""
+def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=print, worker: bool = False) -> Path:
+    """Run (or resume) the sweep into ``out``; returns ``out``. With ``worker=True`` this process is one of
+    several sharing ``out``: it runs the jobs it claims first (the base models are trained once, by the first
+    worker to need them)."""
     from .device import use_device
 
     with use_device(config.device):
-        return _run_benchmark(config, Path(out), command, log)
+        return _run_benchmark(config, Path(out), command, log, worker)
 
 
-def _run_benchmark(config: BenchConfig, out: Path, command: str, log) -> Path:
+def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bool) -> Path:
     from .data import load_dataset
     from .estimate import create_target
     from .methods import METHODS, MethodContext
     from .train import TrainConfig, evaluate, seed_everything
 
-    from .distributed import barrier, is_main, main_only, rank_zero_estimator
+    from .distributed import barrier, broadcast_object, is_main, main_only, rank_zero_estimator
 
     log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-        runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
-        atomic_write_json(out / "config.json", {"runs": runs + [{"command": command, "config": asdict(config)}]})
+        with _locked(out):
+            runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
+            run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
+                   "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
+                   **({"worker": True} if worker else {})}
+            atomic_write_json(out / "config.json", {"runs": runs + [run]})
     barrier()
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:
@@ -129,20 +206,24 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log) -> Path:
     done = _done_rows(csv_path)
     estimators = {name: rank_zero_estimator(create_target(name)) for name in ("flops", "mobile", "cpu")}
     shape = data.input_shape
-    jobs = []  # seed-major order: a sweep cut short still covers every method and budget
+    jobs, models = [], []  # seed-major order: a sweep cut short still covers every model, method and budget
     for model_name in config.models:
-        base, arch = base_model(model_name, config, data, out, log)
+        with _locked(out) if is_main() else contextlib.nullcontext():
+            base, arch = base_model(model_name, config, data, out, log)
         budgets = [(t, f, estimators[t].predict(base, shape).total * f) for t, f in config.budgets
                    if t != "cpu" or model_name in config.latency_models]
         jobs += [(model_name, base, arch, t, f, b, "base", None) for t, f, b in budgets]
-        jobs += [(model_name, base, arch, t, f, b, m, s) for s in config.seeds for t, f, b in budgets
-                 for m in config.methods]
+        models.append((model_name, base, arch, budgets))
+    jobs += [(model_name, base, arch, t, f, b, m, s) for s in config.seeds for model_name, base, arch, budgets in models
+             for t, f, b in budgets for m in config.methods]
     base_acc = {}
     for model_name, base, arch, target_name, fraction, budget, method, seed in jobs:
         target = estimators[target_name]
         row = {"model": model_name, "target": target_name, "budget_name": f"{fraction:g}", "budget": budget,
                "unit": target.unit, "method": method, "seed": "" if seed is None else seed}
         if _row_key(row) in done:
+            continue
+        if worker and not broadcast_object(_claim(out, _row_key(row)) if is_main() else None):
             continue
         start = time.perf_counter()
         try:
@@ -168,12 +249,14 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log) -> Path:
             log(traceback.format_exc(limit=3))
         row["wall_s"] = time.perf_counter() - start
         if is_main():
-            _append(csv_path, row)
+            with _locked(out):
+                _append(csv_path, row)
         log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
             + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
                if row["status"] == "ok" else f"FAILED {row['error']}"))
-    if is_main():
-        summarise(out)
+    if is_main() and csv_path.exists():
+        with _locked(out):
+            summarise(out)
     barrier()
     return out
 

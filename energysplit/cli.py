@@ -361,6 +361,9 @@ def add_bench(sub) -> None:
                    help="keep every changed width a multiple of N (default: each target's own, see compress)")
     p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--worker", action="store_true",
+                   help="be one of several processes sharing --out (e.g. on one GPU): each runs the next job "
+                        "that no live process has claimed")
     p.set_defaults(func=run_bench)
 
 
@@ -395,7 +398,8 @@ def run_bench(args) -> int:
 
     init_distributed()  # under torchrun: data-parallel, rank 0 writes
     try:
-        run_benchmark(config, out, command="energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        run_benchmark(config, out, command="energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                      worker=args.worker)
         main = is_main()
     finally:
         destroy_distributed()

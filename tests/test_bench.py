@@ -51,3 +51,45 @@ def test_bench_builds_its_base_models_with_the_requested_activation(digits, tmp_
     assert arch["kwargs"]["act"] == "silu"
     assert any(isinstance(m, torch.nn.SiLU) for m in model.modules())
     assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+
+
+def test_workers_share_one_sweep(tmp_path):
+    """Two --worker processes run at once on one folder: the base model is trained once, every job runs
+    exactly once, and the CSV stays whole (one header, no torn rows)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "energysplit", "bench", "--profile", "tiny", "--methods", "l1,uniform,random",
+           "--out", str(out), "--worker"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert sum(log.count("base vgg_small: val acc") for log in logs) == 1  # trained by one, loaded by the other
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0].startswith("model,") and not any(line.startswith("model,") for line in lines[1:])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("base", ""), ("l1", "0"), ("random", "0"),
+                                                              ("uniform", "0")]
+    assert all(r["status"] == "ok" for r in rows)
+    assert [r.get("worker") for r in json.loads((out / "config.json").read_text())["runs"]] == [True, True]
+
+
+def test_a_claim_by_a_dead_process_is_taken_over(tmp_path):
+    import json
+
+    from energysplit.bench import _claim
+
+    key = ("m", "mobile", "0.5", "l1", "0")
+    (tmp_path / "claims.json").write_text(json.dumps({"|".join(key): {"host": __import__("socket").gethostname(),
+                                                                        "pid": 2 ** 22 + 1}}))  # no such process
+    assert _claim(tmp_path, key)
+    other = ("m", "mobile", "0.5", "l1", "1")
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    claims["|".join(other)] = {"host": "another-host", "pid": 1}
+    (tmp_path / "claims.json").write_text(json.dumps(claims))
+    assert not _claim(tmp_path, other)  # another host's claim counts as live
