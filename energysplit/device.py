@@ -81,3 +81,16 @@ def on_compute_device(model: nn.Module):
         yield model
     finally:
         model.to(home)
+
+
+@contextmanager
+def full_float32():
+    """No TF32 inside: CUDA convolutions and matrix products keep full float32 precision (cuDNN uses TF32
+    for convolutions by default, about 1e-3 relative error). The exact splitting solver runs under it, being
+    the oracle; training and the fast solver keep TF32's speed."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

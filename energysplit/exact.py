@@ -213,9 +213,12 @@ def splitting_matrices(model, batches, groups: list[Group], curvature: Curvature
 
 @SOLVERS.register("exact")
 def exact_scores(model, batches, groups: list[Group], curvature: CurvatureConfig, config, loss_fn) -> dict:
-    """Smallest eigenpair of each exact S (``torch.linalg.eigh``)."""
+    """Smallest eigenpair of each exact S (``torch.linalg.eigh``), in full float32 (no TF32) on a GPU."""
+    from .device import full_float32
+
     out = {}
-    matrices = splitting_matrices(model, batches, groups, curvature, config, loss_fn)
+    with full_float32():
+        matrices = splitting_matrices(model, batches, groups, curvature, config, loss_fn)
     for g in groups:
         vals, vecs = smallest_eigenpairs(matrices.pop(g.id))
         shape = (g.width,) + tuple(_weight_shape(model, g)[1:])

@@ -84,8 +84,20 @@ def test_train_scores_and_importance_run_on_cuda_and_hand_the_model_back(digits)
     cpu_scores = splitting_scores(model, batches, inv, "exact")
     with use_device("cuda"):
         gpu_scores = splitting_scores(model, batches, inv, "exact")
-    for gid, s in cpu_scores.items():
+    for gid, s in cpu_scores.items():  # the exact solver runs without TF32 (full_float32)
         torch.testing.assert_close(gpu_scores[gid].eigvals, s.eigvals, rtol=1e-3, atol=1e-5)
+    assert torch.backends.cudnn.allow_tf32  # restored after the exact scores
+
+
+def test_full_float32_switches_tf32_off_and_restores_it():
+    from energysplit.device import full_float32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with pytest.raises(RuntimeError):
+        with full_float32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("boom")
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 @needs_cuda
