@@ -74,6 +74,8 @@ def test_demo_writes_every_output(demo):
     md = (out / "report.md").read_text()
     assert "| metric | before | after | after/before |" in md
     assert "| mobile [mJ] |" in md and "| cpu [ms] |" in md and "## Widths per neuron group" in md
+    assert budget["final_measured"] == report["after"]["mobile [mJ]"] == pytest.approx(budget["final_cost"])
+    assert f"- budget check: predicted {budget['final_cost']:.4g} mJ, estimated" in md and "over the budget" not in md
     assert (out / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((out / "config.json").read_text())
     assert config["command"].startswith("energysplit compress --demo --data digits")
@@ -355,3 +357,13 @@ def test_config_precedence(tmp_path):
 
     with pytest.raises(EnergySplitError, match="unknown keys"):
         read_config_file(tmp_path / "bad.json")
+
+
+def test_the_report_flags_a_measured_cost_over_the_budget():
+    from energysplit.report import _budget_check
+
+    budget = {"unit": "ms", "budget": 0.20, "final_cost": 0.19, "final_measured": 0.25}
+    line = _budget_check(budget)
+    assert "predicted 0.19 ms, measured 0.25 ms (budget 0.2)" in line and "over the budget as measured, by 25%" in line
+    assert "over the budget" not in _budget_check({**budget, "final_measured": 0.195})
+    assert "estimated 0.19 ms" in _budget_check({k: v for k, v in budget.items() if k != "final_measured"})
