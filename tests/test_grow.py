@@ -113,3 +113,36 @@ def test_growth_steps_share_the_fine_tuning_span():
     assert _step_span(config, 2) == pytest.approx((0.4, 0.5))
     assert _step_span(config, 3) == pytest.approx((0.5, 0.5))  # past the plan: the end of the span
     assert _step_span(_config(), 2) == (0.0, 1.0)  # the default span restarts nothing
+
+
+class _PessimisticFlops:
+    """FLOPs whose marginal split costs are 3x the true ones, as a latency table's can be."""
+
+    def __init__(self):
+        self.inner = create_target("flops")
+        self.unit = self.inner.unit
+
+    def predict(self, model, input_shape):
+        return self.inner.predict(model, input_shape)
+
+    def marginal_costs(self, model, inventory, input_shape):
+        from dataclasses import replace
+
+        return {g: replace(m, add=3 * m.add) for g, m in self.inner.marginal_costs(model, inventory, input_shape).items()}
+
+
+def test_overselection_uses_a_step_that_marginal_costs_over_predict(digits, seed_model):
+    """Planned in 3x-pessimistic marginal costs, a step with overselect=1 spends about a third of its
+    headroom; overselecting and cutting the plan by its applied cost spends nearly all of it."""
+    from dataclasses import replace
+
+    estimator = _PessimisticFlops()
+    start = estimator.predict(seed_model, digits.input_shape).total
+    used = {}
+    for overselect in (1.0, 4.0):
+        config = replace(_config(overselect=overselect), max_steps=1)
+        result = grow(copy.deepcopy(seed_model), digits, estimator, 1.3 * start, config, log=lambda s: None)
+        (step,) = result.steps
+        assert step.cost_after <= 1.3 * start * (1 + 1e-9)
+        used[overselect] = (step.cost_after - start) / (0.3 * start)
+    assert used[1.0] < 0.5 and used[4.0] > 0.8, used
