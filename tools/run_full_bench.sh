@@ -22,6 +22,7 @@ threads=${THREADS:-$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))}
 export OMP_NUM_THREADS=$threads
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
 out=${OUT_DIR:-benchmarks/results/compare-full-$(hostname -s)-torch$torch_version}
+mkdir -p "$(dirname "$out")"
 pids=()
 for k in $(seq "$workers"); do
     "$PYTHON" -m energysplit bench --profile full --device auto --out "$out" --worker "$@" >"$out.worker$k.log" 2>&1 &
