@@ -25,9 +25,9 @@ the growth study. Uses the library's public functions only.
     .venv/bin/python benchmarks/bench_splitting.py              # quick profile, ~5 min on 1 core
     .venv/bin/python benchmarks/bench_splitting.py --models mobilenet_v1:0.25 --samples 4096 \
         --passes 1,2 --widths '' --name v1-4096                 # one pass over more images, ~6 min
-    .venv/bin/python benchmarks/bench_splitting.py --models mobilenet_v2:0.5,mobilenet_v1:0.25 \
-        --samples 4096 --passes 1,2 --widths 0.25,0.5,0.75 --exact-memory-gb 6 --name issue5-4096
-                                                                # issue #5's acceptance run, ~27 min
+    .venv/bin/python benchmarks/bench_splitting.py --models mobilenet_v2:0.5,mobilenet_v1:0.5 \
+        --samples 4096 --passes 1 --widths 0.25,0.5,0.75,1.0 --exact-memory-gb 6 --threads 2 \
+        --name issue5-x0.5-4096                                 # issue #5's acceptance run, ~27 min
     .venv/bin/python benchmarks/bench_splitting.py --profile full   # hours on 1 core
 
 The fast solver runs with ``--warmup`` (0.25 by default here: a quarter pass of unaveraged steps before
