@@ -47,11 +47,11 @@ class DwNet(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-def dw_inventory(functional_last=False):
+def dw_inventory(functional_last=False, acts=("silu", "tanh")):
     last = ChainOp("act", "torch.nn.functional.silu" if functional_last else "a3", "silu")
     return inventory(
-        Group("conv1:out", 4, ("conv1",), (ChainOp("bn", "bn1"), ChainOp("act", "a1", "silu"), ChainOp("dw", "dw"),
-                                           ChainOp("bn", "bn2"), ChainOp("act", "a2", "tanh")),
+        Group("conv1:out", 4, ("conv1",), (ChainOp("bn", "bn1"), ChainOp("act", "a1", acts[0]), ChainOp("dw", "dw"),
+                                           ChainOp("bn", "bn2"), ChainOp("act", "a2", acts[1])),
               ("bn1", "dw", "bn2"), (Consumer("conv2"),)),
         Group("conv2:out", 3, ("conv2",), (ChainOp("bn", "bn3"), last), ("bn3",), (Consumer("fc"),)))
 
@@ -243,6 +243,27 @@ def test_one_backward_pass_gives_S_v_for_every_neuron(engine, cls, inv_fn, data_
         Sv = splitting_products(model, (x, y), groups, vs, engine=engine)
     for g in groups:
         expected = torch.einsum("kde,ke->kd", S[g.id], vs[g.id].flatten(1))
+        torch.testing.assert_close(Sv[g.id].flatten(1), expected, rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("engine", ["adjoint", "term"])
+@pytest.mark.parametrize("relu_slope", ["step", "sigmoid"])
+def test_S_v_through_relu_chains_under_either_slope_rule(engine, relu_slope):
+    """ReLU then ReLU6 around the depthwise conv: with the true step slope the adjoint engine takes r from
+    autograd, with the sigmoid surrogate it pulls r down the chain itself; both must give the exact S v."""
+    model, inv = make(DwNet, act1=nn.ReLU, act2=nn.ReLU6), dw_inventory(acts=("relu", "relu6"))
+    x, y = conv_data()
+    curvature = CurvatureConfig(relu_slope=relu_slope)
+    groups = inv.splittable()
+    gen = torch.Generator().manual_seed(5)
+    vs = {g.id: torch.randn(model.get_submodule(g.producers[0]).weight.shape, generator=gen, dtype=torch.float64)
+          for g in groups}
+    with evaluating(model):
+        S = splitting_matrices(model, [(x, y)], groups, curvature)
+        Sv = splitting_products(model, (x, y), groups, vs, curvature, engine=engine)
+    for g in groups:
+        expected = torch.einsum("kde,ke->kd", S[g.id], vs[g.id].flatten(1))
+        assert expected.abs().max() > 0
         torch.testing.assert_close(Sv[g.id].flatten(1), expected, rtol=1e-8, atol=1e-14)
 
 
