@@ -51,7 +51,7 @@ def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "
     return train(model, ctx.data.train, replace(ctx.train, epochs=epochs, seed=ctx.seed), val=ctx.data.val, desc=desc)
 
 
-def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None):
+def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None, best_effort: bool = False):
     from .graph import build_inventory
     from .pruning import PruneConfig, prune_to_budget_
 
@@ -60,11 +60,12 @@ def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None
     from .importance import normalise_per_group
 
     cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,
-                      channel_multiple=ctx.channel_multiple)
+                      channel_multiple=ctx.channel_multiple, best_effort=best_effort)
     inventory, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
                                          ctx.input_shape, normalise_per_group(scores), cfg)
     ctx.log(f"pruned {sum(result.removed.values())} channels in {result.rounds} rounds: "
             f"{result.start_cost:.4g} -> {result.final_cost:.4g} {result.unit}")
+    ctx.records["pruned_cost"] = result.final_cost
     return inventory
 
 
@@ -205,7 +206,17 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
 
     resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "model.es").exists()
     if not resumed:
-        _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget)
+        # the seed's budget can lie below the cheapest model pruning reaches (a latency target's fixed
+        # overhead): seed there then, if that is still under the budget, and let the growth do less
+        _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget, best_effort=True)
+        seed_cost = ctx.records["pruned_cost"]
+        if seed_cost > ctx.budget:
+            raise BudgetError(f"budget {ctx.budget:.4g} {ctx.estimator.unit} is unreachable by pruning: the cheapest "
+                              f"seed costs {seed_cost:.4g} {ctx.estimator.unit}; raise the budget or lower the "
+                              f"channel multiple ({ctx.channel_multiple})")
+        if seed_cost > seed_budget:
+            ctx.log(f"seed budget {seed_budget:.4g} {ctx.estimator.unit} is below the cheapest pruned model: seeded "
+                    f"at {seed_cost:.4g} ({seed_cost / ctx.budget:.0%} of the budget)")
         if epochs > 0:
             train(model, ctx.data.train, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), val=ctx.data.val,
                   desc="seed fine-tune")

@@ -25,6 +25,7 @@ class PruneConfig:
     cost_aware: bool = False  # rank by importance / saving instead of importance
     max_rounds: int = 50
     channel_multiple: int = 1  # remove channels in blocks that keep widths multiples of this (:mod:`.alignment`)
+    best_effort: bool = False  # stop at the cheapest reachable model instead of raising BudgetError
 
     def __post_init__(self):
         if not 0 <= self.min_fraction <= 1 or self.min_channels < 1:
@@ -56,7 +57,8 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
     ``importance`` maps prunable group ids to per-channel scores (higher = keep); it is consumed.
     With ``config.channel_multiple = m`` channels go in blocks (ranked by their mean score) that leave
     every changed width a multiple of m, so the cost lands within one block's saving under the budget.
-    Raises BudgetError when the minimum widths cannot reach the budget.
+    Raises BudgetError when the minimum widths cannot reach the budget (with ``config.best_effort``,
+    stops there instead: the result's ``final_cost`` is then above ``budget``).
     """
     from .alignment import blocks
     from .estimate import marginal_costs_of
@@ -82,6 +84,8 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
                 key = float(score[block].mean()) / (s if config.cost_aware else 1.0)
                 candidates.append((key, gid, j, block, s * len(block)))
         if not candidates:
+            if config.best_effort:
+                break
             raise BudgetError(f"budget {budget:.4g} {estimator.unit} is unreachable by pruning: at {cost:.4g} "
                               f"{estimator.unit} every group is at its minimum width or no single channel removal "
                               "lowers the cost any more; raise the budget"

@@ -93,6 +93,49 @@ def test_unreachable_budget_is_reported(digits):
         prune_to_budget_(model, inventory, flops, 1.0, digits.input_shape, l1_importance(model, inventory))
 
 
+def test_best_effort_pruning_stops_at_the_cheapest_reachable_model(digits):
+    model = create_model("vgg_small", width=0.25)
+    start = copy.deepcopy(model)
+    inventory = build_inventory(model, digits.input_shape)
+    flops = create_target("flops")
+    inventory, result = prune_to_budget_(model, inventory, flops, 1.0, digits.input_shape,
+                                         l1_importance(model, inventory), PruneConfig(best_effort=True))
+    assert 1.0 < result.final_cost < result.start_cost
+    assert result.final_cost == flops.predict(model, digits.input_shape).total
+    assert model(torch.randn(2, *digits.input_shape)).shape == (2, 10)
+    from energysplit.errors import BudgetError
+
+    fresh = create_model("vgg_small", width=0.25)
+    fresh.load_state_dict(start.state_dict())
+    with pytest.raises(BudgetError, match=f"at {result.final_cost:.4g} MACs"):  # stops where the strict run gives up
+        prune_to_budget_(fresh, build_inventory(fresh, digits.input_shape), flops, 1.0, digits.input_shape,
+                         l1_importance(fresh, build_inventory(fresh, digits.input_shape)))
+
+
+def test_splitting_seeds_at_the_cheapest_model_when_its_seed_budget_is_unreachable(digits):
+    """70% of the budget lies below what pruning can reach (as with a latency target's fixed overhead):
+    splitting seeds at the cheapest pruned model and still lands under the budget; a budget below even
+    that model is a clear error."""
+    from energysplit.errors import BudgetError
+
+    torch.manual_seed(0)
+    model = create_model("vgg_small", width=0.25)
+    flops = create_target("flops")
+    probe = copy.deepcopy(model)
+    inventory = build_inventory(probe, digits.input_shape)
+    _, floor = prune_to_budget_(probe, inventory, flops, 0.0, digits.input_shape, l1_importance(probe, inventory),
+                                PruneConfig(best_effort=True))
+    budget = floor.final_cost / 0.8  # seed budget 0.7 x budget = 0.875 x the cheapest model
+    logs = []
+    ctx = _ctx(digits, flops, budget)
+    ctx.log = logs.append
+    out = METHODS.get("splitting")(copy.deepcopy(model), ctx)
+    assert flops.predict(out, digits.input_shape).total <= budget
+    assert any("below the cheapest pruned model" in line for line in logs)
+    with pytest.raises(BudgetError, match="unreachable by pruning"):
+        METHODS.get("splitting")(copy.deepcopy(model), _ctx(digits, flops, 0.5 * floor.final_cost))
+
+
 def test_taylor_importance_ranks_a_dead_channel_last(digits):
     torch.manual_seed(0)
     model = create_model("vgg_small", width=0.25)
