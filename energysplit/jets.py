@@ -15,14 +15,8 @@ Two trackers compute the same dL/dy:
   method, kept as the reference implementation.
 - :class:`AdjointJet` (default) skips the zero-valued y path in the forward pass: a custom autograd
   function at the chain's end receives g and pulls it back through the chain's linearisation, picking
-  up r * act''(a) (z1v) at each activation (r = dL/d(activation output)), then forms the producer's
-  weight gradient with it. Same result, without the y-side convolution and its elementwise jet in the
-  forward pass. With the default true slopes of ReLU-like activations (``relu_slope="step"``) the
-  activation's act' is the network's own derivative, so the r of an activation inside the chain is
-  exactly the gradient autograd computes there anyway: a second tap after that activation receives it
-  and the pullback continues from there, instead of pulling g down the chain a second time (one
-  depthwise-conv adjoint and a few elementwise products less per group and step). With the sigmoid
-  surrogate slopes r is pulled down explicitly.
+  up act''(a) (z1v) at each activation, then forms the producer's weight gradient with it. Same
+  result, without the y-side convolution and its elementwise jet in the forward pass.
 """
 from __future__ import annotations
 
@@ -83,18 +77,12 @@ class TermJet(ChainTracker):
 class AdjointJet(TermJet):
     """Same dL/dy as :class:`TermJet`; the y side is done in the backward pass (see the module doc)."""
 
-    def __init__(self, group: Group, model: nn.Module, curvature: CurvatureConfig, v: Tensor, y: Tensor):
-        super().__init__(group, model, curvature, v, y)
-        # act' of the rule is the network's own derivative: autograd's gradients inside the chain are r
-        self.autograd_r = curvature.relu_slope == "step"
-
     def on_start(self, x: Tensor, out: Tensor) -> None:
         self.x = x.detach()
         with torch.no_grad():
             self.zv = apply_linear(self.producer, self.x, self.v)
         self.ops: list[tuple] = []         # op i maps level i -> i+1: ("scale", c) or ("dw", module, in_shape)
         self.terms: dict[int, Tensor] = {}  # act op i -> act''(a) * z1v at level i
-        self.acc, self.end, self.y_taken = None, None, False  # pullback state; y given to the lowest tap
 
     def on_step(self, index: int, step: Step, inp: Tensor) -> None:
         with torch.no_grad():
@@ -110,66 +98,47 @@ class AdjointJet(TermJet):
                 if d2 is not None:
                     self.terms[len(self.ops)] = d2 * self.zv
                 self.ops.append(("scale", d1))
-                if index < len(self.steps) - 1 or self.end_curvature:
-                    self.zv = d1 * self.zv  # (not needed after the chain's last activation)
-
-    def on_output(self, index: int, out: Tensor) -> Tensor:
-        """After an activation with a curvature term inside the chain: a tap whose backward receives
-        autograd's dL/d(out), the r that term needs. The lowest such tap returns dL/dy."""
-        if not (self.autograd_r and index in self.terms and index < len(self.steps) - 1):
-            return out
-        y, self.y_taken = (None if self.y_taken else self.y), True
-        return _Tap.apply(out, y, self, index + 1)
+                self.zv = d1 * self.zv
 
     def on_end(self, out: Tensor) -> Tensor:
-        self.end = self.end_curvature * self.zv if self.end_curvature else None  # act''(o) z1v, linear neuron
+        end = self.end_curvature * self.zv if self.end_curvature else None
         self.zv = None
-        if self.end is None and (len(self.ops) - 1) not in self.terms:
-            if not self.terms:
-                return out  # no curvature anywhere in this chain under the rule: S = 0
-            if self.y_taken:
-                return out  # the taps inside the chain do all the work
-        return _Tap.apply(out, None if self.y_taken else self.y, self, len(self.ops))
+        if end is None and not self.terms:
+            return out  # no curvature anywhere in this chain under the rule: S = 0
+        return _Tap.apply(out, self.y, self, end)
 
-    def pullback(self, g: Tensor, level: int) -> Tensor | None:
-        """Backward from ``level`` (g = dL/d(level)): the signal sum_i L_{0..i}^T (r_{i+1} * terms_i) is
-        pulled down the chain's linearisation L until a term whose r comes from a lower tap (autograd
-        delivers it later), or to level 0, where dL/dy = the producer's weight gradient for it."""
-        if level == len(self.ops):
-            acc = None if self.end is None else g * self.end
-        else:
-            acc = self.acc
+    def pullback(self, g: Tensor, end: Tensor | None) -> Tensor:
+        """dL/dy = weight gradient of the producer for the signal sum_i L_{0..i}^T (r_{i+1} * terms_i)."""
+        acc = None if end is None else g * end
         r, lowest = g, min(self.terms, default=len(self.ops))
-        for i in range(level - 1, -1, -1):
-            if i in self.terms and r is None:  # r_{i+1} arrives with the tap at level i + 1
-                self.acc = acc
-                return None
+        for i in range(len(self.ops) - 1, -1, -1):
             op = self.ops[i]
             if acc is not None:
                 acc = _adjoint(op, acc)
             if i in self.terms:
                 q = r * self.terms[i]
                 acc = q if acc is None else acc + q
-            r = _adjoint(op, r) if (i > lowest and not self.autograd_r) else None
-        x, self.x, self.ops, self.terms, self.acc, self.end = self.x, None, None, None, None, None
-        return weight_grad(self.producer, x, acc) if acc is not None else torch.zeros_like(self.producer.weight)
+            if i > lowest:
+                r = _adjoint(op, r)
+        x, self.x, self.ops, self.terms = self.x, None, None, None
+        return weight_grad(self.producer, x, acc)
 
 
 class _Tap(torch.autograd.Function):
-    """Identity on a chain tensor at ``level`` (cloned: downstream in-place ops stay legal); backward
-    runs the tracker's pullback from there and returns dL/dy = S v for the zero-valued y it holds."""
+    """Identity on the chain's output (cloned: downstream in-place ops stay legal); backward returns
+    dL/dy = S v for the zero-valued y."""
 
     @staticmethod
-    def forward(ctx, out, y, tracker, level):
-        ctx.tracker, ctx.level, ctx.has_y = tracker, level, y is not None
+    def forward(ctx, out, y, tracker, end):
+        ctx.tracker, ctx.end = tracker, end
         return out.clone()
 
     @staticmethod
     def backward(ctx, g):
         with torch.no_grad():
-            sv = ctx.tracker.pullback(g, ctx.level)
-        ctx.tracker = None
-        return g, (sv if ctx.has_y else None), None, None
+            sv = ctx.tracker.pullback(g, ctx.end)
+        ctx.tracker = ctx.end = None
+        return g, sv, None, None
 
 
 def _adjoint(op: tuple, r: Tensor) -> Tensor:

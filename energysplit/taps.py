@@ -74,7 +74,7 @@ def resolve(model: nn.Module, group: Group) -> tuple[nn.Module, list[Step]]:
 
 
 class Tracker:
-    """Follows one group's chain through a forward pass. Subclasses implement the callbacks."""
+    """Follows one group's chain through a forward pass. Subclasses implement the three callbacks."""
 
     def __init__(self, group: Group, producer: nn.Module, steps: list[Step]):
         self.group, self.producer, self.steps = group, producer, steps
@@ -96,10 +96,6 @@ class Tracker:
     def on_start(self, x: Tensor, out: Tensor) -> None: ...
 
     def on_step(self, index: int, step: Step, inp: Tensor) -> None: ...
-
-    def on_output(self, index: int, out: Tensor) -> Tensor:
-        """Called with chain op ``index``'s output; may return a replacement (same value)."""
-        return out
 
     def on_end(self, out: Tensor) -> Tensor:
         return out
@@ -199,7 +195,6 @@ class ChainTaps:
 
 
 def _advance(t: Tracker, out: Tensor) -> Tensor:
-    out = t.on_output(t.pos, out)
     t.pending, t.pos, t.last = False, t.pos + 1, out
     return t.on_end(out) if t.done else out
 

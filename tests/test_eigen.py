@@ -249,8 +249,8 @@ def test_one_backward_pass_gives_S_v_for_every_neuron(engine, cls, inv_fn, data_
 @pytest.mark.parametrize("engine", ["adjoint", "term"])
 @pytest.mark.parametrize("relu_slope", ["step", "sigmoid"])
 def test_S_v_through_relu_chains_under_either_slope_rule(engine, relu_slope):
-    """ReLU then ReLU6 around the depthwise conv: with the true step slope the adjoint engine takes r from
-    autograd, with the sigmoid surrogate it pulls r down the chain itself; both must give the exact S v."""
+    """ReLU then ReLU6 around the depthwise conv, with the true step slopes or the sigmoid surrogate's: both
+    engines must give the exact solver's S v (the slopes enter the pullback between the two activations)."""
     model, inv = make(DwNet, act1=nn.ReLU, act2=nn.ReLU6), dw_inventory(acts=("relu", "relu6"))
     x, y = conv_data()
     curvature = CurvatureConfig(relu_slope=relu_slope)
