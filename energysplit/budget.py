@@ -85,19 +85,17 @@ def min_cost(model, estimator, input_shape) -> float:
     return estimator.predict(trial, input_shape).total
 
 
-def check_budget(model, estimator, budget: float, input_shape, where: str = "the target",
-                 seed_fraction: float = 1.0) -> float:
-    """Raise BudgetError when ``budget`` is already met or below :func:`min_cost` (for a method that first
-    prunes to ``seed_fraction`` of the budget, as splitting does, the seed must be reachable). Returns
-    the input model's cost."""
+def check_budget(model, estimator, budget: float, input_shape, where: str = "the target") -> float:
+    """Raise BudgetError when ``budget`` is already met or below :func:`min_cost` (splitting's seed may
+    sit above its usual fraction of the budget when that is below the floor). Returns the input model's
+    cost."""
     unit = estimator.unit
     base_cost = estimator.predict(model, input_shape).total
     if budget >= base_cost:
         raise BudgetError(f"budget {budget:.4g} {unit} is already met: the input model costs {base_cost:.4g} {unit} "
                           f"on {where}; give a smaller budget (e.g. 0.5)")
     floor = min_cost(model, estimator, input_shape)
-    if seed_fraction * budget < floor:
-        seed = f" (the method starts from a seed at {seed_fraction:.0%} of the budget)" if seed_fraction < 1 else ""
+    if budget < floor:
         raise BudgetError(f"budget {budget:.4g} {unit} is unreachable on {where}: even two channels per layer cost "
-                          f"{floor:.4g} {unit}{seed}; raise the budget")
+                          f"{floor:.4g} {unit}; raise the budget")
     return base_cost

@@ -9,7 +9,6 @@ an uninterrupted run with the same seed. The outputs (:mod:`energysplit.report`)
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import shutil
 import time
@@ -189,9 +188,7 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
     # costs do not depend on the weights: the demo's budget is checked before its base model is trained
     cost = target.predict(model, data.input_shape).total
     budget = parse_budget(config.budget, target.unit, cost)
-    seed = inspect.signature(method).parameters.get("seed_fraction")  # splitting grows from a smaller seed
-    fraction = seed.default if seed is not None and isinstance(seed.default, float) else 1.0
-    base_cost = check_budget(model, target, budget, data.input_shape, config.target, fraction)
+    base_cost = check_budget(model, target, budget, data.input_shape, config.target)
 
     # from here on files are written; a failure removes what this run created, an interrupt keeps .work
     work, created = out / ".work", not out.exists()
