@@ -61,12 +61,11 @@ def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None
 
     cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,
                       channel_multiple=ctx.channel_multiple, best_effort=best_effort)
-    inventory, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
-                                         ctx.input_shape, normalise_per_group(scores), cfg)
+    _, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
+                                 ctx.input_shape, normalise_per_group(scores), cfg)
     ctx.log(f"pruned {sum(result.removed.values())} channels in {result.rounds} rounds: "
             f"{result.start_cost:.4g} -> {result.final_cost:.4g} {result.unit}")
-    ctx.records["pruned_cost"] = result.final_cost
-    return inventory
+    return result
 
 
 def _taylor_batches(ctx: MethodContext):
@@ -208,8 +207,7 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     if not resumed:
         # the seed's budget can lie below the cheapest model pruning reaches (a latency target's fixed
         # overhead): seed there then, if that is still under the budget, and let the growth do less
-        _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget, best_effort=True)
-        seed_cost = ctx.records["pruned_cost"]
+        seed_cost = _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget, best_effort=True).final_cost
         if seed_cost > ctx.budget:
             raise BudgetError(f"budget {ctx.budget:.4g} {ctx.estimator.unit} is unreachable by pruning: the cheapest "
                               f"seed costs {seed_cost:.4g} {ctx.estimator.unit}; raise the budget or lower the "

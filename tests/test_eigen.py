@@ -229,33 +229,9 @@ def test_fast_is_deterministic_given_the_seed():
     assert not torch.equal(runs[0]["fc1:out"].eigvecs, runs[2]["fc1:out"].eigvecs)
 
 
-@pytest.mark.parametrize("engine", ["adjoint", "term"])
-@pytest.mark.parametrize("cls,inv_fn,data_fn", [(DwNet, dw_inventory, conv_data), (Mlp, mlp_inventory, mlp_data)])
-def test_one_backward_pass_gives_S_v_for_every_neuron(engine, cls, inv_fn, data_fn):
-    model, inv = make(cls), inv_fn()
-    x, y = data_fn()
+def assert_S_v_matches_exact(model, inv, x, y, engine, curvature=CurvatureConfig()):
     gen = torch.Generator().manual_seed(3)
     groups = inv.splittable()
-    vs = {g.id: torch.randn(model.get_submodule(g.producers[0]).weight.shape, generator=gen, dtype=torch.float64)
-          for g in groups}
-    with evaluating(model):
-        S = splitting_matrices(model, [(x, y)], groups)
-        Sv = splitting_products(model, (x, y), groups, vs, engine=engine)
-    for g in groups:
-        expected = torch.einsum("kde,ke->kd", S[g.id], vs[g.id].flatten(1))
-        torch.testing.assert_close(Sv[g.id].flatten(1), expected, rtol=1e-8, atol=1e-14)
-
-
-@pytest.mark.parametrize("engine", ["adjoint", "term"])
-@pytest.mark.parametrize("relu_slope", ["step", "sigmoid"])
-def test_S_v_through_relu_chains_under_either_slope_rule(engine, relu_slope):
-    """ReLU then ReLU6 around the depthwise conv, with the true step slopes or the sigmoid surrogate's: both
-    engines must give the exact solver's S v (the slopes enter the pullback between the two activations)."""
-    model, inv = make(DwNet, act1=nn.ReLU, act2=nn.ReLU6), dw_inventory(acts=("relu", "relu6"))
-    x, y = conv_data()
-    curvature = CurvatureConfig(relu_slope=relu_slope)
-    groups = inv.splittable()
-    gen = torch.Generator().manual_seed(5)
     vs = {g.id: torch.randn(model.get_submodule(g.producers[0]).weight.shape, generator=gen, dtype=torch.float64)
           for g in groups}
     with evaluating(model):
@@ -265,6 +241,21 @@ def test_S_v_through_relu_chains_under_either_slope_rule(engine, relu_slope):
         expected = torch.einsum("kde,ke->kd", S[g.id], vs[g.id].flatten(1))
         assert expected.abs().max() > 0
         torch.testing.assert_close(Sv[g.id].flatten(1), expected, rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("engine", ["adjoint", "term"])
+@pytest.mark.parametrize("cls,inv_fn,data_fn", [(DwNet, dw_inventory, conv_data), (Mlp, mlp_inventory, mlp_data)])
+def test_one_backward_pass_gives_S_v_for_every_neuron(engine, cls, inv_fn, data_fn):
+    assert_S_v_matches_exact(make(cls), inv_fn(), *data_fn(), engine)
+
+
+@pytest.mark.parametrize("engine", ["adjoint", "term"])
+@pytest.mark.parametrize("relu_slope", ["step", "sigmoid"])
+def test_S_v_through_relu_chains_under_either_slope_rule(engine, relu_slope):
+    """ReLU then ReLU6 around the depthwise conv, with the true step slopes or the sigmoid surrogate's: both
+    engines must give the exact solver's S v (the slopes enter the pullback between the two activations)."""
+    assert_S_v_matches_exact(make(DwNet, act1=nn.ReLU, act2=nn.ReLU6), dw_inventory(acts=("relu", "relu6")),
+                             *conv_data(), engine, CurvatureConfig(relu_slope=relu_slope))
 
 
 class Pointwise(nn.Module):
