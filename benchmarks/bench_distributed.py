@@ -46,7 +46,7 @@ def worker(args) -> None:
     import torch
 
     import energysplit as es
-    from energysplit import distributed as dist
+    from energysplit.training import distributed as dist
 
     torch.set_num_threads(args.threads)
     dist.init_distributed()

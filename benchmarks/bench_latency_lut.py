@@ -28,7 +28,7 @@ PRUNED = (0.45, 0.6, 0.8)  # MobileNetV2 x1.0 with every prunable group cut to t
 
 def variants(input_shape):
     from energysplit import build_inventory, create_model
-    from energysplit.archive import resize_
+    from energysplit.graph.archive import resize_
 
     for w in MNV2_WIDTHS:
         yield f"mobilenet_v2 x{w}", create_model("mobilenet_v2", in_channels=input_shape[0], width=w)
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     import torch
 
     from energysplit import create_estimator
-    from estimators.ort_latency import measure_model
-    from estimators.ort_lut import host_id
+    from energysplit_estimators.ort_latency import measure_model
+    from energysplit_estimators.ort_lut import host_id
 
     torch.set_num_threads(1)
     models = list(variants(shape))

@@ -116,8 +116,8 @@ def recalibrate_bn_(model, batches) -> None:
 def exact_scores(model, batches, inventory, memory_gb=2.0):
     """The exact solver in two timed halves (accumulating S, then eigh): same as method='exact'."""
     from energysplit import GroupScores, splitting_matrices
-    from energysplit.eigen import evaluating
-    from energysplit.exact import ExactConfig, smallest_eigenpairs
+    from energysplit.splitting.scores import evaluating
+    from energysplit.splitting.exact import ExactConfig, smallest_eigenpairs
 
     config = ExactConfig(memory_limit=memory_gb * 1e9)
     with evaluating(model):
@@ -137,8 +137,8 @@ def agreement(name, width, data, args):
 
     from energysplit import (FastConfig, build_inventory, create_model, marginal_costs, select_splits,
                              splitting_scores)
-    from energysplit.estimate import estimate  # the package attribute "estimate" is the module
-    from energysplit.train import TrainConfig, evaluate, train
+    from energysplit.cost.estimator import estimate  # the package attribute "estimate" is the module
+    from energysplit.training.loop import TrainConfig, evaluate, train
 
     torch.manual_seed(args.seed)
     model = create_model(name, width=width)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from energysplit.archive import load_model
-from energysplit.data import load_dataset
-from energysplit.estimate import create_target
+from energysplit.graph.archive import load_model
+from energysplit.training.data import load_dataset
+from energysplit.cost.estimator import create_target
 from energysplit.methods import METHODS, MethodContext
-from energysplit.train import TrainConfig, evaluate, seed_everything, train
+from energysplit.training.loop import TrainConfig, evaluate, seed_everything, train
 
 
 def torch_pruning_l1(model, input_shape, target_macs: float, flops) -> torch.nn.Module:

@@ -11,23 +11,23 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "Registry": "registry",
+    "Registry": "_registry",
     "create_model": "zoo", "list_models": "zoo", "register_model": "zoo", "MODELS": "zoo",
-    "load_dataset": "data", "DataSplits": "data", "DataError": "data",
-    "evaluate": "train", "TrainConfig": "train",  # the train() function: energysplit.train.train (module name)
-    "Inventory": "inventory", "Group": "inventory",
-    "build_inventory": "graph",
-    "Plan": "plan", "Split": "plan", "Remove": "plan", "apply_plan_": "surgery",
-    "save_model": "archive", "load_model": "archive", "build_model": "archive",
-    "Estimator": "estimate", "LayerwiseEstimator": "estimate", "CostReport": "estimate", "MarginalCost": "estimate",
-    "Target": "estimate", "ESTIMATORS": "estimate", "TARGETS": "estimate", "create_estimator": "estimate",
-    "create_target": "estimate", "target_info": "estimate", "marginal_costs": "estimate",
-    "check_estimator": "testing",
-    "splitting_scores": "eigen", "GroupScores": "eigen", "SOLVERS": "eigen", "CurvatureConfig": "activations",
-    "FastConfig": "rayleigh", "ExactConfig": "exact", "splitting_matrices": "exact",
-    "select_splits": "selection", "Selection": "selection", "SELECTORS": "selection",
-    "init_distributed": "distributed", "destroy_distributed": "distributed",
-    "CompressConfig": "compress", "parse_budget": "budget", "export_onnx": "export",
+    "load_dataset": "training.data", "DataSplits": "training.data", "DataError": "training.data",
+    "evaluate": "training.loop", "TrainConfig": "training.loop",  # the train() function: energysplit.training.loop.train (module name)
+    "Inventory": "graph.inventory", "Group": "graph.inventory",
+    "build_inventory": "graph.trace",
+    "Plan": "graph.plan", "Split": "graph.plan", "Remove": "graph.plan", "apply_plan_": "graph.surgery",
+    "save_model": "graph.archive", "load_model": "graph.archive", "build_model": "graph.archive",
+    "Estimator": "cost.estimator", "LayerwiseEstimator": "cost.estimator", "CostReport": "cost.estimator", "MarginalCost": "cost.estimator",
+    "Target": "cost.estimator", "ESTIMATORS": "cost.estimator", "TARGETS": "cost.estimator", "create_estimator": "cost.estimator",
+    "create_target": "cost.estimator", "target_info": "cost.estimator", "marginal_costs": "cost.estimator",
+    "check_estimator": "cost.conformance",
+    "splitting_scores": "splitting.scores", "GroupScores": "splitting.scores", "SOLVERS": "splitting.scores", "CurvatureConfig": "splitting.curvature",
+    "FastConfig": "splitting.fast", "ExactConfig": "splitting.exact", "splitting_matrices": "splitting.exact",
+    "select_splits": "splitting.selection", "Selection": "splitting.selection", "SELECTORS": "splitting.selection",
+    "init_distributed": "training.distributed", "destroy_distributed": "training.distributed",
+    "CompressConfig": "pipeline.compress", "parse_budget": "cost.budget", "export_onnx": "pipeline.export",
 }
 
 __all__ = sorted(_API) + ["__version__"]

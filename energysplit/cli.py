@@ -28,7 +28,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_data(args):
-    from .data import load_dataset
+    from .training.data import load_dataset
 
     splits = load_dataset(args.data, data_dir=args.data_dir) if args.data == "fashion-mnist" else load_dataset(args.data)
     if getattr(args, "subset", None):
@@ -68,7 +68,7 @@ def add_train(sub) -> None:
 def run_train(args) -> int:
     import torch
 
-    from .train import TrainConfig, evaluate, seed_everything, train
+    from .training.loop import TrainConfig, evaluate, seed_everything, train
     from .zoo import DEFAULT_MODEL, create_model
 
     splits = load_data(args)
@@ -77,7 +77,7 @@ def run_train(args) -> int:
     model = create_model(arch, in_channels=splits.in_channels, num_classes=splits.num_classes,
                          width=args.width, act=args.act)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    from .device import use_device
+    from ._device import use_device
 
     with use_device(args.device):
         result = train(model, splits.train, config, val=splits.val)
@@ -86,7 +86,7 @@ def run_train(args) -> int:
     record = {"arch": arch, "data": splits.name, "params": params, **result.to_dict(),
               "test_accuracy": test.accuracy, "test_loss": test.loss}
     if args.out:
-        from .io import atomic_save
+        from ._io import atomic_save
 
         atomic_save(model.state_dict(), args.out)
     if args.json:
@@ -111,8 +111,8 @@ def add_inspect(sub) -> None:
 def run_inspect(args) -> int:
     from pathlib import Path
 
-    from .archive import build_model, load_model
-    from .graph import build_inventory
+    from .graph.archive import build_model, load_model
+    from .graph.trace import build_inventory
 
     if Path(args.model).is_file():
         model, record = load_model(args.model)
@@ -190,8 +190,8 @@ def add_compress(sub) -> None:
 def run_compress(args) -> int:
     import shlex
 
-    from .compress import DEMO, CompressConfig, compress, read_config_file
-    from .report import summary
+    from .pipeline.compress import DEMO, CompressConfig, compress, read_config_file
+    from .pipeline.report import summary
 
     flags = {k: getattr(args, k) for k in ("model", "arch", "width", "act", "target", "budget", "method", "data",
                                            "data_dir", "subset", "out", "epochs", "base_epochs", "lr", "batch_size",
@@ -205,7 +205,7 @@ def run_compress(args) -> int:
         flags["model"] = from_file["model"] = None
     config = CompressConfig.resolve(DEMO if demo else {}, from_file, flags)
     command = "energysplit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    from .distributed import destroy_distributed, init_distributed, is_main
+    from .training.distributed import destroy_distributed, init_distributed, is_main
 
     init_distributed()  # under torchrun: join its process group (data-parallel); otherwise nothing
     try:
@@ -241,7 +241,7 @@ def resolve_model(name: str, input_shape, width: float | None = None, act: str |
     name built with random weights and ``in_channels`` from the input shape."""
     from pathlib import Path
 
-    from .archive import build_model, load_model
+    from .graph.archive import build_model, load_model
 
     if Path(name).is_file():
         return load_model(name)[0]
@@ -258,8 +258,8 @@ def add_targets(sub) -> None:
 
 
 def run_targets(args) -> int:
-    from .estimate import TARGETS, target_info
-    from .plugins import PLUGIN_ERRORS
+    from .cost.estimator import TARGETS, target_info
+    from .cost.plugins import PLUGIN_ERRORS
 
     infos = [target_info(n) for n in TARGETS.names()]
     if args.json:
@@ -292,8 +292,8 @@ def add_estimate(sub) -> None:
 def run_estimate(args) -> int:
     import pandas as pd
 
-    from .estimate import create_target
-    from .io import atomic_write_json, atomic_write_text
+    from .cost.estimator import create_target
+    from ._io import atomic_write_json, atomic_write_text
 
     shape = _shape_arg(args.input_shape)
     est = create_target(args.target)
@@ -333,7 +333,7 @@ def add_calibrate(sub) -> None:
 
 
 def run_calibrate(args) -> int:
-    from .calibrate import CalibrateConfig, calibrate
+    from .cost.calibrate import CalibrateConfig, calibrate
 
     config = CalibrateConfig(args.name, args.arch, args.width, _shape_arg(args.input_shape), args.threads,
                              not args.no_neighbours, args.force)
@@ -371,7 +371,7 @@ def run_bench(args) -> int:
     import shlex
     from dataclasses import replace
 
-    from .bench import PROFILES, run_benchmark
+    from .pipeline.bench import PROFILES, run_benchmark
 
     if args.profile not in PROFILES:
         raise ValueError(f"unknown profile {args.profile!r}; use one of {', '.join(PROFILES)}")
@@ -394,7 +394,7 @@ def run_bench(args) -> int:
     if args.device:
         config = replace(config, device=args.device)
     out = args.out or f"benchmarks/results/compare-{args.profile}"
-    from .distributed import destroy_distributed, init_distributed, is_main
+    from .training.distributed import destroy_distributed, init_distributed, is_main
 
     init_distributed()  # under torchrun: data-parallel, rank 0 writes
     try:

@@ -1,8 +1,8 @@
 """Exception types that mean "the user's input is wrong": the CLI prints them as one line."""
 from __future__ import annotations
 
-from .data import DataError
-from .registry import RegistryError
+from .training.data import DataError
+from ._registry import RegistryError
 
 
 class EnergySplitError(Exception):

@@ -13,10 +13,10 @@ from typing import Callable
 
 from torch import nn
 
-from .data import DataSplits
+from .training.data import DataSplits
 from .errors import BudgetError
-from .registry import Registry
-from .train import TrainConfig, train
+from ._registry import Registry
+from .training.loop import TrainConfig, train
 
 METHODS = Registry("method")
 
@@ -32,7 +32,7 @@ class MethodContext:
     arch: dict = field(default_factory=dict)  # how to rebuild the model (for uniform-scratch and archives)
     seed: int = 0
     prune_min_fraction: float = 0.1
-    channel_multiple: int = 1  # every changed width stays a multiple of this (:mod:`energysplit.alignment`)
+    channel_multiple: int = 1  # every changed width stays a multiple of this (:mod:`energysplit.graph.alignment`)
     cost_aware: bool = False  # pruners rank channels by importance / the target's saving
     score_batches: int = 8
     workdir: Path | None = None  # checkpoints (splitting)
@@ -52,12 +52,12 @@ def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "
 
 
 def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None, best_effort: bool = False):
-    from .graph import build_inventory
-    from .pruning import PruneConfig, prune_to_budget_
+    from .graph.trace import build_inventory
+    from .pruning.prune import PruneConfig, prune_to_budget_
 
     inventory = build_inventory(model, ctx.input_shape)
     scores = importance_fn(model, inventory)
-    from .importance import normalise_per_group
+    from .pruning.importance import normalise_per_group
 
     cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,
                       channel_multiple=ctx.channel_multiple, best_effort=best_effort)
@@ -69,13 +69,13 @@ def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None
 
 
 def _taylor_batches(ctx: MethodContext):
-    from .grow import _score_batches
+    from .splitting.growth import _score_batches
 
     return _score_batches(ctx.data, 64 * ctx.score_batches, 64, ctx.seed)
 
 
 def _importance(name: str, ctx: MethodContext):
-    from . import importance as imp
+    from .pruning import importance as imp
 
     if name == "l1":
         return imp.l1_importance
@@ -107,8 +107,8 @@ _register_pruner("random", "Random channels (a sanity floor for every criterion)
 def slimming(model: nn.Module, ctx: MethodContext) -> nn.Module:
     """Network slimming (Liu et al., ICCV 2017): L1 on BN scales for a third of the epochs, prune by
     |gamma|, fine-tune for the rest (the sparsity training counts against the same budget)."""
-    from .graph import build_inventory
-    from .importance import slimming_penalty
+    from .graph.trace import build_inventory
+    from .pruning.importance import slimming_penalty
 
     inventory = build_inventory(model, ctx.input_shape)
     sparse_epochs = ctx.train.epochs / 3
@@ -142,11 +142,11 @@ def uniform(model: nn.Module, ctx: MethodContext) -> nn.Module:
     of its channels (its largest-L1 filters; rounded to the channel multiple), then fine-tune."""
     import copy
 
-    from .alignment import aligned_width
-    from .graph import build_inventory
-    from .importance import l1_importance
-    from .plan import Plan, Remove
-    from .surgery import apply_plan_
+    from .graph.alignment import aligned_width
+    from .graph.trace import build_inventory
+    from .pruning.importance import l1_importance
+    from .graph.plan import Plan, Remove
+    from .graph.surgery import apply_plan_
 
     inventory = build_inventory(model, ctx.input_shape)
     scores = l1_importance(model, inventory)
@@ -194,7 +194,7 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     seeding, 20% spread over the growth steps, 50% final, the same total as every baseline; with
     ``one_schedule`` the phases follow one learning-rate schedule (each covers its part of it, as the
     baselines' single fine-tune does) instead of restarting it."""
-    from .grow import Checkpoint, GrowConfig, grow
+    from .splitting.growth import Checkpoint, GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
     steps = max(1, math.ceil(math.log(1 / seed_fraction) / math.log(1.4) - 1e-9))

@@ -1,11 +1,6 @@
 """Built-in estimators of energysplit, registered through entry points exactly as a third-party plugin.
 
-``ENTRY_POINTS`` mirrors the ``energysplit.estimators`` entry points of setup.cfg; it is used only when
-energysplit runs from a checkout without installed metadata. Lookup tables live in ``tables/``.
+The folder ``estimators/`` installs as the package ``energysplit_estimators`` (setup.cfg ``package_dir``),
+so that no generic top-level name lands on the user's path. Its estimators are declared in setup.cfg's
+``energysplit.estimators`` entry points; lookup tables live in ``tables/``.
 """
-
-ENTRY_POINTS = {
-    "flops": "estimators.flops:FlopsEstimator",
-    "ort-latency": "estimators.ort_latency:OrtLatencyEstimator",
-    "lut-energy": "estimators.lut_energy:LutEnergyEstimator",
-}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import warnings
 
-from energysplit.estimate import CostReport, LayerwiseEstimator
-from energysplit.layers import LayerSpec
+from energysplit.cost.estimator import CostReport, LayerwiseEstimator
+from energysplit.graph.layers import LayerSpec
 
 ZERO_MAC_OPS = {"bn", "act", "pool", "add", "pass", "concat"}
 

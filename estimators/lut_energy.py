@@ -22,9 +22,9 @@ import math
 from importlib import resources
 from pathlib import Path
 
-from energysplit.estimate import LayerwiseEstimator
-from energysplit.layers import LayerSpec
-from estimators.flops import _params, layer_macs
+from energysplit.cost.estimator import LayerwiseEstimator
+from energysplit.graph.layers import LayerSpec
+from .flops import _params, layer_macs
 
 PJ_TO_MJ = 1e-9
 FREE_OPS = {"bn", "act", "pass", "concat"}
@@ -32,7 +32,7 @@ FREE_OPS = {"bn", "act", "pass", "concat"}
 
 def profiles() -> list[str]:
     """Names of the built-in energy tables."""
-    return sorted(p.name[:-5] for p in resources.files("estimators").joinpath("tables").iterdir()
+    return sorted(p.name[:-5] for p in resources.files(__package__).joinpath("tables").iterdir()
                   if p.name.endswith(".json") and not p.name.startswith("."))
 
 
@@ -44,7 +44,7 @@ def load_table(profile: str) -> dict:
         if profile not in profiles():
             raise ValueError(f"unknown energy profile {profile!r}; built-in: {', '.join(profiles())} "
                              "(or pass the path of a table .json)")
-        text = resources.files("estimators").joinpath("tables", f"{profile}.json").read_text()
+        text = resources.files(__package__).joinpath("tables", f"{profile}.json").read_text()
     table = json.loads(text)
     need = {"mac", "add", "rf_access", "glb_byte", "dram_byte"}
     missing = need - set(table.get("energy_pJ", {}))

@@ -56,7 +56,7 @@ def block_keys(specs, l2: int | None = None) -> tuple[list, list[int]]:
     a layer's weights are evicted between two inferences, so conv/linear blocks holding at least
     ``COLD_FACTOR * l2 / MAX_COPIES`` bytes of weights get ``"cold": True`` (measured with cold weights).
     """
-    from estimators.flops import _params
+    from .flops import _params
 
     cons = _consumers(specs)
     model_bytes = 4 * sum(_params(s) for s in specs)

@@ -3,7 +3,7 @@
 ``estimate`` exports the model (``torch.onnx.export(..., dynamo=False)``), runs it in ORT with fixed
 ``intra_op_num_threads``, sequential execution and ORT_ENABLE_ALL, after warm-up runs, and reports the
 median (total) and P90 of the repeats with the provider, thread count and versions. The per-layer
-breakdown and the marginal costs come from a block latency lookup table (:mod:`estimators.ort_lut`):
+breakdown and the marginal costs come from a block latency lookup table (:mod:`energysplit_estimators.ort_lut`):
 predicted latency = fixed per-run overhead + sum of the blocks' entries, as in Once-for-All and
 MetaPruning latency tables, plus the NCHWc layout reorders at layout boundaries. ``predict`` returns that prediction, which the marginal costs match exactly.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from energysplit.estimate import CostReport, LayerwiseEstimator
-from estimators.ort_blocks import block_keys, layout_costs
-from estimators.ort_lut import LatencyLUT, export_onnx, session, time_session, versions
+from energysplit.cost.estimator import CostReport, LayerwiseEstimator
+from .ort_blocks import block_keys, layout_costs
+from .ort_lut import LatencyLUT, export_onnx, session, time_session, versions
 
 
 def measure_model(model, input_shape, threads: int = 1, warmup: int = 20, repeats: int = 100) -> dict:
@@ -53,7 +53,7 @@ class OrtLatencyEstimator(LayerwiseEstimator):
     def channel_multiple(self) -> int:
         """ORT's blocked (NCHWc) kernels work on 16 channels with AVX-512, 8 with AVX2: on this machine
         (AVX-512) MobileNetV2 x0.5 runs 0.25 ms at its zoo widths, 0.28 ms with 8 channels fewer per group
-        and 0.21 ms with 16 fewer (``estimators.ort_latency.measure_model``)."""
+        and 0.21 ms with 16 fewer (``energysplit_estimators.ort_latency.measure_model``)."""
         return nchwc_block()
 
     def __init__(self, threads: int = 1, warmup: int = 20, repeats: int = 100, measure: bool = True,

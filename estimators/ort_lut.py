@@ -1,6 +1,6 @@
 """A latency lookup table for ONNX Runtime, keyed by block configuration (Once-for-All / MetaPruning style).
 
-Each block configuration (:mod:`estimators.ort_blocks`) is exported alone and timed in ORT (fixed
+Each block configuration (:mod:`energysplit_estimators.ort_blocks`) is exported alone and timed in ORT (fixed
 threads, sequential, ORT_ENABLE_ALL, inputs and outputs bound once so no copies are timed); one
 profiled run splits its time into the block's own kernels and the NCHWc layout reorders ORT put around
 it. Entries ``{"ms", "ri", "ro"}`` (ms) are cached on disk in JSON per host, ORT version and thread
@@ -8,7 +8,7 @@ count. Because entries are measured on demand, over days and under whatever else
 new entry is scaled by ``reference_ms / reference now`` (a fixed reference conv timed when the table
 started and again, at most every ``scale_ttl_s``, before an entry), so entries measured on a busier
 machine stay comparable. Predicted model latency = fixed per-run overhead + the blocks' kernels + the
-reorders at layout boundaries (:func:`estimators.ort_blocks.layout_costs`).
+reorders at layout boundaries (:func:`energysplit_estimators.ort_blocks.layout_costs`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
-from estimators.ort_blocks import COLD_FACTOR, _Copies, block_module, key_str
+from .ort_blocks import COLD_FACTOR, _Copies, block_module, key_str
 
 FORMAT = 2
 
@@ -285,7 +285,7 @@ class LatencyLUT:
     def save(self) -> Path | None:
         if not self.dirty:
             return None
-        from energysplit.io import atomic_write_json
+        from energysplit._io import atomic_write_json
 
         data = {**self.meta, "overhead_ms": self.overhead_ms, "reference_ms": self.reference_ms,
                 "entries": dict(sorted(self.entries.items()))}

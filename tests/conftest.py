@@ -9,6 +9,6 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def digits():
-    from energysplit.data import load_digits
+    from energysplit.training.data import load_digits
 
     return load_digits()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from energysplit.activations import ACTIVATIONS, CurvatureConfig, derivatives
+from energysplit.splitting.curvature import ACTIVATIONS, CurvatureConfig, derivatives
 from energysplit.errors import UnsupportedModelError
 
 # activation name -> (the function itself, module passed for parameters)

@@ -4,15 +4,15 @@ import copy
 import pytest
 import torch
 
-from energysplit.alignment import aligned_width, blocks, first_block
-from energysplit.estimate import create_target
-from energysplit.graph import build_inventory
-from energysplit.grow import GrowConfig, grow
-from energysplit.importance import l1_importance
+from energysplit.graph.alignment import aligned_width, blocks, first_block
+from energysplit.cost.estimator import create_target
+from energysplit.graph.trace import build_inventory
+from energysplit.splitting.growth import GrowConfig, grow
+from energysplit.pruning.importance import l1_importance
 from energysplit.methods import METHODS, MethodContext
-from energysplit.pruning import PruneConfig, prune_to_budget_
-from energysplit.selection import SELECTORS, select_splits
-from energysplit.train import TrainConfig, train
+from energysplit.pruning.prune import PruneConfig, prune_to_budget_
+from energysplit.splitting.selection import SELECTORS, select_splits
+from energysplit.training.loop import TrainConfig, train
 from energysplit.zoo import create_model
 from test_selection import random_problem
 
@@ -124,7 +124,7 @@ def test_methods_take_the_channel_multiple_from_the_context(digits, method):
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet20"])
 def test_block_marginal_costs_match_re_estimating_the_resized_model(digits, name):
-    from energysplit.estimate import Estimator, marginal_costs
+    from energysplit.cost.estimator import Estimator, marginal_costs
 
     torch.manual_seed(0)
     model = create_model(name, width=0.25)
@@ -145,7 +145,7 @@ def test_block_marginal_costs_match_re_estimating_the_resized_model(digits, name
 def test_targets_declare_the_channel_multiple_their_device_runs_fast():
     from pathlib import Path
 
-    from estimators.ort_latency import nchwc_block
+    from energysplit_estimators.ort_latency import nchwc_block
 
     assert create_target("mobile").channel_multiple == create_target("flops").channel_multiple == 8
     avx512 = "avx512f" in Path("/proc/cpuinfo").read_text().split()

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from energysplit.archive import load_model, read_archive, save_model
+from energysplit.graph.archive import load_model, read_archive, save_model
 from energysplit.errors import EnergySplitError
-from energysplit.graph import build_inventory
-from energysplit.plan import Plan, Remove, Split
-from energysplit.surgery import apply_plan_
+from energysplit.graph.trace import build_inventory
+from energysplit.graph.plan import Plan, Remove, Split
+from energysplit.graph.surgery import apply_plan_
 from energysplit.zoo import create_model
 
 
@@ -61,7 +61,7 @@ def test_reshaped_model_reloads_in_fresh_process(tmp_path, saved):
     script = (
         "import sys, torch\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
-        "from energysplit.archive import load_model\n"
+        "from energysplit.graph.archive import load_model\n"
         "model, record = load_model(sys.argv[1])\n"
         "with torch.no_grad():\n"
         "    torch.save(model(torch.load(sys.argv[2])), sys.argv[3])\n"
@@ -78,7 +78,7 @@ def test_reshaped_model_reloads_in_fresh_process(tmp_path, saved):
     ({"name": "energysplit.zoo.mobilenet:MobileNetV1", "kwargs": {"width": 0.25}}, (1, 28, 28)),
 ])
 def test_torchvision_and_importable_factories(tmp_path, arch, shape):
-    from energysplit.archive import build_model
+    from energysplit.graph.archive import build_model
 
     torch.manual_seed(1)
     model = randomise_bn_(build_model(arch))

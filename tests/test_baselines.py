@@ -3,12 +3,12 @@ import copy
 import pytest
 import torch
 
-from energysplit.estimate import create_target
-from energysplit.graph import build_inventory
-from energysplit.importance import l1_importance, taylor_importance
+from energysplit.cost.estimator import create_target
+from energysplit.graph.trace import build_inventory
+from energysplit.pruning.importance import l1_importance, taylor_importance
 from energysplit.methods import METHODS, MethodContext
-from energysplit.pruning import PruneConfig, prune_to_budget_
-from energysplit.train import TrainConfig
+from energysplit.pruning.prune import PruneConfig, prune_to_budget_
+from energysplit.training.loop import TrainConfig
 from energysplit.zoo import create_model, list_models
 
 PRUNERS = ["l1", "taylor", "random", "slimming"]
@@ -152,7 +152,7 @@ def test_taylor_importance_ranks_a_dead_channel_last(digits):
 
 
 def test_cost_aware_ranking_reaches_the_pruner(digits, monkeypatch):
-    import energysplit.pruning as pruning
+    import energysplit.pruning.prune as pruning
 
     seen = []
     real = pruning.prune_to_budget_

@@ -1,7 +1,7 @@
 import csv
 from dataclasses import replace
 
-from energysplit.bench import PROFILES, run_benchmark
+from energysplit.pipeline.bench import PROFILES, run_benchmark
 
 
 def test_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
@@ -29,7 +29,7 @@ def test_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
 def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
     import pandas as pd
 
-    from energysplit.bench import goal_lines
+    from energysplit.pipeline.bench import goal_lines
 
     rows = [("splitting", 0.80, 1.0), ("taylor", 0.79, 1.0), ("l1", 0.70, 1.0), ("uniform", 0.78, 1.0),
             ("uniform-scratch", 0.81, 0.9)]
@@ -44,7 +44,7 @@ def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
 def test_bench_builds_its_base_models_with_the_requested_activation(digits, tmp_path):
     import torch
 
-    from energysplit.bench import base_model
+    from energysplit.pipeline.bench import base_model
 
     config = replace(PROFILES["tiny"], act="silu", base_epochs=0)
     model, arch = base_model("vgg_small", config, digits.subset(train=64, val=32), tmp_path, log=lambda s: None)
@@ -82,7 +82,7 @@ def test_workers_share_one_sweep(tmp_path):
 def test_a_claim_by_a_dead_process_is_taken_over(tmp_path):
     import json
 
-    from energysplit.bench import _claim
+    from energysplit.pipeline.bench import _claim
 
     key = ("m", "mobile", "0.5", "l1", "0")
     (tmp_path / "claims.json").write_text(json.dumps({"|".join(key): {"host": __import__("socket").gethostname(),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from energysplit.budget import check_budget, min_cost, parse_budget
+from energysplit.cost.budget import check_budget, min_cost, parse_budget
 from energysplit.errors import BudgetError
 
 
@@ -68,7 +68,7 @@ def test_a_plugin_unit_is_taken_as_is():
 
 
 def test_min_cost_and_check_budget():
-    from energysplit.estimate import create_target
+    from energysplit.cost.estimator import create_target
     from energysplit.zoo import create_model
 
     torch.manual_seed(0)
@@ -90,10 +90,10 @@ def test_min_cost_and_check_budget():
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v1", "resnet20"])
 def test_min_cost_of_the_zoo_is_below_every_pruned_model(name):
     """Depthwise convs and residual groups keep two channels; a model pruned to its floor costs the same."""
-    from energysplit.estimate import create_target
-    from energysplit.graph import build_inventory
-    from energysplit.importance import l1_importance
-    from energysplit.pruning import PruneConfig, prune_to_budget_
+    from energysplit.cost.estimator import create_target
+    from energysplit.graph.trace import build_inventory
+    from energysplit.pruning.importance import l1_importance
+    from energysplit.pruning.prune import PruneConfig, prune_to_budget_
     from energysplit.zoo import create_model
 
     torch.manual_seed(0)

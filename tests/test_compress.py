@@ -88,7 +88,7 @@ def test_demo_writes_every_output(demo):
 def test_onnx_matches_the_reloaded_archive(demo):
     import onnxruntime as ort
 
-    from energysplit.archive import load_model
+    from energysplit.graph.archive import load_model
 
     out, _ = demo
     model, record = load_model(out / "model.es")
@@ -176,7 +176,7 @@ def files(env, tmp_path_factory):
     (root / "truncated.pt").write_bytes(raw[: len(raw) // 2])
     (root / "garbage.pt").write_bytes(b"not a model at all\n" * 20)
     (root / "empty.pt").write_bytes(b"")
-    from energysplit.archive import save_model
+    from energysplit.graph.archive import save_model
 
     save_model(create_model("vgg_small", width=0.25), root / "vgg28.es", {"name": "vgg_small", "kwargs": {"width": 0.25}},
                (1, 28, 28))
@@ -345,7 +345,7 @@ def test_a_closed_pipe_exits_quietly():
 
 
 def test_config_precedence(tmp_path):
-    from energysplit.compress import DEMO, CompressConfig, read_config_file
+    from energysplit.pipeline.compress import DEMO, CompressConfig, read_config_file
 
     (tmp_path / "c.json").write_text(json.dumps({"epochs": 5, "target": "cpu", "out": "elsewhere", "force": True}))
     from_file = read_config_file(tmp_path / "c.json")
@@ -360,7 +360,7 @@ def test_config_precedence(tmp_path):
 
 
 def test_the_report_flags_a_measured_cost_over_the_budget():
-    from energysplit.report import _budget_check
+    from energysplit.pipeline.report import _budget_check
 
     budget = {"unit": "ms", "budget": 0.20, "final_cost": 0.19, "final_measured": 0.25}
     line = _budget_check(budget)

@@ -4,7 +4,7 @@ import struct
 import pytest
 import torch
 
-from energysplit.data import DataError, fashion_mnist_dir, load_dataset, load_fashion_mnist, read_idx
+from energysplit.training.data import DataError, fashion_mnist_dir, load_dataset, load_fashion_mnist, read_idx
 
 
 def _write_idx(path, array: torch.Tensor):
@@ -42,7 +42,7 @@ def test_fashion_from_directory_is_deterministic(tmp_path):
 
 
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("energysplit.data.FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
+    monkeypatch.setattr("energysplit.training.data.FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
     monkeypatch.delenv("ENERGYSPLIT_FASHION_MNIST", raising=False)
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist_dir()

@@ -1,10 +1,10 @@
-"""The compute device (energysplit.device): choice, errors, and models moved in and back out."""
+"""The compute device (energysplit._device): choice, errors, and models moved in and back out."""
 import pytest
 import torch
 
-from energysplit.device import compute_device, on_compute_device, resolve_device, use_device
+from energysplit._device import compute_device, on_compute_device, resolve_device, use_device
 from energysplit.errors import EnergySplitError
-from energysplit.testing import TinyNet
+from energysplit.cost.conformance import TinyNet
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -62,10 +62,10 @@ def test_the_cli_rejects_a_missing_gpu_before_any_work(tmp_path, capsys):
 
 @needs_cuda
 def test_train_scores_and_importance_run_on_cuda_and_hand_the_model_back(digits):
-    from energysplit.eigen import splitting_scores
-    from energysplit.graph import build_inventory
-    from energysplit.importance import taylor_importance
-    from energysplit.train import TrainConfig, evaluate, train
+    from energysplit.splitting.scores import splitting_scores
+    from energysplit.graph.trace import build_inventory
+    from energysplit.pruning.importance import taylor_importance
+    from energysplit.training.loop import TrainConfig, evaluate, train
     from energysplit.zoo import create_model
 
     model = create_model("vgg_small", in_channels=1, num_classes=10, width=0.25)
@@ -90,7 +90,7 @@ def test_train_scores_and_importance_run_on_cuda_and_hand_the_model_back(digits)
 
 
 def test_full_float32_switches_tf32_off_and_restores_it():
-    from energysplit.device import full_float32
+    from energysplit._device import full_float32
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with pytest.raises(RuntimeError):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from energysplit import distributed as D
-from energysplit.estimate import CostReport, Estimator
-from energysplit.rayleigh import FastConfig
-from energysplit.train import TrainConfig
+from energysplit.training import distributed as D
+from energysplit.cost.estimator import CostReport, Estimator
+from energysplit.splitting.fast import FastConfig
+from energysplit.training.loop import TrainConfig
 
 FAST = FastConfig(passes=2)
 TRAIN = TrainConfig(epochs=0.5, batch_size=64, progress=False)
@@ -128,8 +128,8 @@ def two_ranks(tmp_path_factory):
 
 
 def test_scores_equal_single_process_scores_on_the_same_global_batches(two_ranks, digits):
-    from energysplit.eigen import splitting_scores
-    from energysplit.graph import build_inventory
+    from energysplit.splitting.scores import splitting_scores
+    from energysplit.graph.trace import build_inventory
 
     _, ranks, _ = two_ranks
     model = _model()
@@ -146,7 +146,7 @@ def test_scores_equal_single_process_scores_on_the_same_global_batches(two_ranks
 
 
 def test_sharded_evaluation_equals_single_process(two_ranks, digits):
-    from energysplit.train import evaluate
+    from energysplit.training.loop import evaluate
 
     _, ranks, _ = two_ranks
     model = _model()
@@ -223,15 +223,15 @@ def _record_writes(root: str) -> list:
 
 
 def _worker(out: Path) -> None:
-    from energysplit.compress import CompressConfig, compress
-    from energysplit.data import load_digits
-    from energysplit.eigen import splitting_scores
-    from energysplit.estimate import create_target
-    from energysplit.graph import build_inventory
-    from energysplit.grow import GrowConfig, select_splits
-    from energysplit.plan import Plan
-    from energysplit.surgery import apply_plan_
-    from energysplit.train import evaluate, train
+    from energysplit.pipeline.compress import CompressConfig, compress
+    from energysplit.training.data import load_digits
+    from energysplit.splitting.scores import splitting_scores
+    from energysplit.cost.estimator import create_target
+    from energysplit.graph.trace import build_inventory
+    from energysplit.splitting.growth import GrowConfig, select_splits
+    from energysplit.graph.plan import Plan
+    from energysplit.graph.surgery import apply_plan_
+    from energysplit.training.loop import evaluate, train
 
     torch.set_num_threads(1)
     assert D.init_distributed() and D.world_size() == 2
@@ -272,7 +272,7 @@ def _worker(out: Path) -> None:
     res["writes"] = list(writes)
     from dataclasses import replace
 
-    from energysplit.bench import PROFILES, run_benchmark
+    from energysplit.pipeline.bench import PROFILES, run_benchmark
 
     bench_root = str(out / "bench")
     bench_writes = _record_writes(bench_root)

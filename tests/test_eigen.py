@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from energysplit.activations import CurvatureConfig
-from energysplit.eigen import evaluating, splitting_scores
+from energysplit.splitting.curvature import CurvatureConfig
+from energysplit.splitting.scores import evaluating, splitting_scores
 from energysplit.errors import EnergySplitError, UnsupportedModelError
-from energysplit.exact import ExactConfig, splitting_matrices
-from energysplit.inventory import ChainOp, Consumer, Group, Inventory
-from energysplit.rayleigh import FastConfig, splitting_products
+from energysplit.splitting.exact import ExactConfig, splitting_matrices
+from energysplit.graph.inventory import ChainOp, Consumer, Group, Inventory
+from energysplit.splitting.fast import FastConfig, splitting_products
 
 
 # --- tiny models with hand-built inventories ---------------------------------------------------------

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from energysplit.estimate import ESTIMATORS, TARGETS, UNITS, _resized_copy, create_estimator, create_target, target_info
-from energysplit.graph import build_inventory
-from energysplit.layers import capture_layers, resize_specs
-from energysplit.testing import check_estimator
+from energysplit.cost.estimator import ESTIMATORS, TARGETS, UNITS, _resized_copy, create_estimator, create_target, target_info
+from energysplit.graph.trace import build_inventory
+from energysplit.graph.layers import capture_layers, resize_specs
+from energysplit.cost.conformance import check_estimator
 from energysplit.zoo import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def _isolated_dirs(tmp_path, monkeypatch):
     torch.set_num_threads(1)  # batch-1 models: one thread is fastest, and robust to busy cores
     yield
     torch.set_num_threads(threads)
-    from energysplit.plugins import load_plugins
+    from energysplit.cost.plugins import load_plugins
 
     load_plugins(force=True)
 
@@ -163,7 +163,7 @@ def test_latency_estimate_measures_and_records_settings():
 
 
 def test_latency_table_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
-    from estimators.ort_lut import LatencyLUT
+    from energysplit_estimators.ort_lut import LatencyLUT
 
     model = create_model("resnet20", width=0.25)
     first = create_estimator("ort-latency", measure=False)
@@ -179,7 +179,7 @@ def test_latency_table_is_cached_on_disk_and_reused(monkeypatch, tmp_path):
 
 
 def test_latency_table_from_another_host_is_read_only(tmp_path):
-    from estimators.ort_lut import LatencyLUT
+    from energysplit_estimators.ort_lut import LatencyLUT
 
     path = tmp_path / "other.json"
     path.write_text(json.dumps({"format": 2, "host": "Some Phone SoC", "threads": 4, "overhead_ms": 0.01,
@@ -194,7 +194,7 @@ def test_latency_table_from_another_host_is_read_only(tmp_path):
 
 
 def test_residual_add_is_fused_into_the_conv_block():
-    from estimators.ort_blocks import block_keys
+    from energysplit_estimators.ort_blocks import block_keys
 
     keys, heads = block_keys(capture_layers(create_model("resnet20", width=0.25), (1, 8, 8)))
     assert sum(1 for k in keys if isinstance(k, dict) and k.get("sum")) == 9  # one per basic block
@@ -217,13 +217,13 @@ def test_broken_and_duplicate_plugins_are_reported_and_do_not_break_builtins():
     import io
 
     from energysplit.cli import main
-    from energysplit.plugins import PLUGIN_ERRORS, PluginWarning, load_plugins
+    from energysplit.cost.plugins import PLUGIN_ERRORS, PluginWarning, load_plugins
 
     real = importlib.metadata.entry_points
 
     def fake(group=None, **kw):
         extra = {"energysplit.estimators": [_ep("broken", "no_such_module_xyz:Est", group, "broken-dist"),
-                                            _ep("flops", "estimators.flops:FlopsEstimator", group, "dup-dist")],
+                                            _ep("flops", "energysplit_estimators.flops:FlopsEstimator", group, "dup-dist")],
                  "energysplit.targets": [_ep("bad-target", "json:loads", group, "weird-dist")]}
         return list(real(group=group, **kw)) + extra.get(group, [])
 
@@ -250,7 +250,7 @@ def test_installed_broken_plugin_leaves_import_and_cli_working(tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[energysplit.estimators]\nbroken = no_such_module_xyz:Est\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
-    code = "import energysplit; from energysplit.estimate import ESTIMATORS; print(ESTIMATORS.names())"
+    code = "import energysplit; from energysplit.cost.estimator import ESTIMATORS; print(ESTIMATORS.names())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "'flops'" in proc.stdout and "broken-plugin" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "energysplit", "targets"], capture_output=True, text=True, env=env,
@@ -281,7 +281,7 @@ def test_example_plugin_installs_registers_and_conforms(tmp_path):
 
 
 def test_user_directory_targets(tmp_path):
-    from energysplit.plugins import PLUGIN_ERRORS, PluginWarning, load_plugins
+    from energysplit.cost.plugins import PLUGIN_ERRORS, PluginWarning, load_plugins
 
     targets = tmp_path / "home" / "targets"
     targets.mkdir(parents=True)
@@ -296,8 +296,8 @@ def test_user_directory_targets(tmp_path):
 
 
 def test_calibrate_saves_a_user_target_that_reuses_its_table(monkeypatch):
-    from energysplit.calibrate import CalibrateConfig, calibrate
-    from estimators.ort_lut import LatencyLUT
+    from energysplit.cost.calibrate import CalibrateConfig, calibrate
+    from energysplit_estimators.ort_lut import LatencyLUT
 
     result = calibrate(CalibrateConfig("my-board", arch="vgg_small", width=0.25, input_shape=(1, 8, 8),
                                        neighbours=False))
@@ -331,7 +331,7 @@ def test_cli_estimate_writes_csv_and_json(tmp_path, capsys):
 
 
 def test_layout_reorders_are_charged_only_at_layout_boundaries():
-    from estimators.ort_blocks import block_keys, layout_costs
+    from energysplit_estimators.ort_blocks import block_keys, layout_costs
 
     specs = capture_layers(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)),
                            (8, 4, 4))
@@ -345,27 +345,27 @@ def test_layout_reorders_are_charged_only_at_layout_boundaries():
     assert layout_costs(specs, keys, heads, {0: nchwc, 2: plain, 3: nchwc}) == [1.11, 0.0, 1.0, 1.11]
 
 
-def test_checkout_without_metadata_falls_back_to_the_in_tree_builtins():
+def test_builtins_install_under_a_name_of_ours():
     import configparser
     import importlib.metadata
 
-    import estimators
-    from energysplit.plugins import load_plugins
+    from energysplit.cost.plugins import load_plugins
 
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     declared = dict(line.split(" = ") for line in cfg["options.entry_points"]["energysplit.estimators"].split("\n")
                     if line.strip())
-    assert estimators.ENTRY_POINTS == declared  # the fallback mirrors setup.cfg
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(importlib.metadata, "entry_points", lambda group=None, **kw: [])
-        load_plugins(force=True)
-        assert set(declared) <= set(ESTIMATORS.names())
-        assert TARGETS.origin("mobile") == "built-in (in-tree)"
+    assert all(v.startswith("energysplit_estimators.") for v in declared.values())
+    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="energysplit.estimators")}
+    assert {k: installed.get(k) for k in declared} == declared  # the installed metadata is setup.cfg's
+    load_plugins(force=True)
+    for name in declared:
+        assert ESTIMATORS.get(name).__module__.startswith("energysplit_estimators.")
+        assert ESTIMATORS.origin(name) == "built-in"
 
 
 def test_latency_entries_measured_under_load_are_scaled_to_the_tables_conditions(monkeypatch, tmp_path):
-    from estimators.ort_lut import LatencyLUT, _Reference
+    from energysplit_estimators.ort_lut import LatencyLUT, _Reference
 
     load = {"factor": 1.0}
     quiet = {"reference": 0.5, "overhead": 0.01, "block": 2.0}
@@ -390,7 +390,7 @@ def test_latency_entries_measured_under_load_are_scaled_to_the_tables_conditions
 
 
 def test_entries_measured_back_to_back_share_one_reference_timing(monkeypatch, tmp_path):
-    from estimators.ort_lut import LatencyLUT, _Reference
+    from energysplit_estimators.ort_lut import LatencyLUT, _Reference
 
     clock = {"now": 100.0}
     timed = []
@@ -402,7 +402,7 @@ def test_entries_measured_back_to_back_share_one_reference_timing(monkeypatch, t
         return (1.0, kernels) if profile else 1.0
 
     monkeypatch.setattr(LatencyLUT, "_measure", fake_measure)
-    monkeypatch.setattr("estimators.ort_lut.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("energysplit_estimators.ort_lut.time.monotonic", lambda: clock["now"])
     lut = LatencyLUT(tmp_path / "t.json")
     for c in (4, 8, 12):
         lut.lookup({"op": "act", "in": [c, 4, 4], "n": 1, "act": "relu"})

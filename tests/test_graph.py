@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energysplit.errors import UnsupportedModelError
-from energysplit.graph import RESIDUAL, build_inventory
+from energysplit.graph.trace import RESIDUAL, build_inventory
 from energysplit.zoo import create_model, list_models
 
 

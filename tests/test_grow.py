@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from energysplit.errors import BudgetError
-from energysplit.estimate import create_target
-from energysplit.graph import build_inventory
-from energysplit.grow import Checkpoint, GrowConfig, fit_plan, grow
-from energysplit.plan import Split
-from energysplit.train import TrainConfig, train
+from energysplit.cost.estimator import create_target
+from energysplit.graph.trace import build_inventory
+from energysplit.splitting.growth import Checkpoint, GrowConfig, fit_plan, grow
+from energysplit.graph.plan import Split
+from energysplit.training.loop import TrainConfig, train
 from energysplit.zoo import create_model
 
 ARCH = {"name": "vgg_small", "kwargs": {"width": 0.25, "act": "silu"}}
@@ -58,8 +58,8 @@ def test_fit_plan_trims_to_the_limit(digits, seed_model):
     limit = cost * 1.05
     kept = fit_plan(seed_model, inventory, ops, flops, digits.input_shape, limit)
     assert 0 < len(kept) < len(ops) and kept == ops[:len(kept)]
-    from energysplit.plan import Plan
-    from energysplit.surgery import apply_plan_
+    from energysplit.graph.plan import Plan
+    from energysplit.graph.surgery import apply_plan_
 
     for k, expect_fit in ((len(kept), True), (len(kept) + 1, False)):
         trial = copy.deepcopy(seed_model)
@@ -104,7 +104,7 @@ def _replay_first_step(seed_model, digits, energy, budget):
 
 
 def test_growth_steps_share_the_fine_tuning_span():
-    from energysplit.grow import _step_span
+    from energysplit.splitting.growth import _step_span
 
     from dataclasses import replace
 

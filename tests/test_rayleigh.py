@@ -1,10 +1,10 @@
-"""Fast solver options (energysplit.rayleigh) against the exact eigh oracle."""
+"""Fast solver options (energysplit.splitting.fast) against the exact eigh oracle."""
 import pytest
 import torch
 
-from energysplit.eigen import evaluating, splitting_scores
-from energysplit.exact import splitting_matrices
-from energysplit.rayleigh import FastConfig
+from energysplit.splitting.scores import evaluating, splitting_scores
+from energysplit.splitting.exact import splitting_matrices
+from energysplit.splitting.fast import FastConfig
 from test_eigen import DwNet, Mlp, dw_inventory, make, mlp_data, mlp_inventory, trained_on_digits
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from energysplit.registry import Registry, RegistryError
+from energysplit._registry import Registry, RegistryError
 
 
 def test_register_get_create_and_duplicates():

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from energysplit.eigen import GroupScores
+from energysplit.splitting.scores import GroupScores
 from energysplit.errors import BudgetError
-from energysplit.plan import Plan, Split
-from energysplit.selection import SELECTORS, select_splits
+from energysplit.graph.plan import Plan, Split
+from energysplit.splitting.selection import SELECTORS, select_splits
 
 
 def scores_from(eigvals: dict, d=3, seed=0):
@@ -149,9 +149,9 @@ class Block(torch.nn.Module):
 
 @pytest.mark.parametrize("method", ["lp", "greedy"])
 def test_selected_splits_change_the_loss_as_predicted(digits, method):
-    from energysplit.eigen import splitting_scores
-    from energysplit.graph import build_inventory
-    from energysplit.surgery import apply_plan_
+    from energysplit.splitting.scores import splitting_scores
+    from energysplit.graph.trace import build_inventory
+    from energysplit.graph.surgery import apply_plan_
 
     torch.manual_seed(0)
     model = Block().double()

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from energysplit.errors import EnergySplitError
-from energysplit.graph import build_inventory
-from energysplit.plan import Plan, Remove, Split
-from energysplit.surgery import apply_plan_
+from energysplit.graph.trace import build_inventory
+from energysplit.graph.plan import Plan, Remove, Split
+from energysplit.graph.surgery import apply_plan_
 from energysplit.zoo import create_model
 
 tv = pytest.importorskip("torchvision")
@@ -260,7 +260,7 @@ def test_plan_round_trip(tmp_path):
 
 
 def test_trained_network_keeps_training_after_surgery(digits):
-    from energysplit.train import TrainConfig, train
+    from energysplit.training.loop import TrainConfig, train
 
     model = create_model("vgg_small", width=0.125, in_channels=digits.in_channels, num_classes=digits.num_classes)
     inv = build_inventory(model, digits.input_shape)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from energysplit.train import TrainConfig, evaluate, lr_factor, train
+from energysplit.training.loop import TrainConfig, evaluate, lr_factor, train
 from energysplit.zoo import create_model
 
 

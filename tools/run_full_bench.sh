@@ -33,6 +33,6 @@ status=0
 for pid in "${pids[@]}"; do
     wait "$pid" || status=$?
 done
-"$PYTHON" -c "from energysplit.bench import summarise; summarise('$out')"
+"$PYTHON" -c "from energysplit.pipeline.bench import summarise; summarise('$out')"
 cat "$out/summary.md"
 exit $status

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..registry import Registry
+from .._registry import Registry
 
 MODELS = Registry("model")
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "swish": nn.SiLU,

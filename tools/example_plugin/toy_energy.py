@@ -2,13 +2,13 @@
 
 Registered through entry points (see pyproject.toml): the estimator ``toy-mac-energy`` and the target
 ``toy-device`` (that estimator with this device's two constants). Check it with
-``energysplit.testing.check_estimator(ToyMacEnergy)``.
+``energysplit.cost.conformance.check_estimator(ToyMacEnergy)``.
 """
 from __future__ import annotations
 
 import math
 
-from energysplit.estimate import LayerwiseEstimator
+from energysplit.cost.estimator import LayerwiseEstimator
 
 FREE = {"bn", "act", "pool", "add", "pass"}  # folded, fused or negligible on this toy device
 

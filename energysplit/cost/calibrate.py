@@ -1,0 +1,77 @@
+"""Register this machine as a latency target: measure an ONNX Runtime lookup table and save a user target.
+
+``calibrate("mydevice")`` measures every block of a model (default: the zoo default at 1x28x28) and,
+with ``neighbours``, the blocks of the model with one channel more or fewer per neuron group (what the
+marginal costs need), into ``<user dir>/tables/<name>-latency.json``, and writes
+``<user dir>/targets/<name>.json`` binding the ``ort-latency`` estimator to that table. The user dir is
+``$ENERGYSPLIT_HOME`` or ~/.config/energysplit (:func:`energysplit.cost.plugins.user_dir`).
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from ..errors import EnergySplitError
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    name: str
+    arch: str | None = None
+    width: float | None = None
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    threads: int = 1
+    neighbours: bool = True
+    force: bool = False
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name or ""):
+            raise ValueError(f"target name {self.name!r}: use letters, digits, '.', '_' and '-'")
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
+        if len(self.input_shape) < 2 or min(self.input_shape) < 1:
+            raise ValueError(f"input shape {self.input_shape} must be C,H,W of positive ints")
+
+
+def calibrate(config: CalibrateConfig) -> dict:
+    """Measure the table, save the target; returns paths, entry count, seconds and the prediction error."""
+    import datetime
+
+    from energysplit_estimators.ort_latency import OrtLatencyEstimator, measure_model
+    from energysplit_estimators.ort_lut import cpu_name
+
+    from .estimator import TARGETS
+    from ..graph.trace import build_inventory
+    from .._io import atomic_write_json
+    from .plugins import load_plugins, user_dir
+    from ..zoo import DEFAULT_MODEL, create_model
+
+    target_path = user_dir() / "targets" / f"{config.name}.json"
+    table_path = user_dir() / "tables" / f"{config.name}-latency.json"
+    if config.name in TARGETS and not TARGETS.origin(config.name).startswith("user dir"):
+        raise EnergySplitError(f"target {config.name!r} already exists ({TARGETS.origin(config.name)}); "
+                               "pick another --name")
+    if target_path.exists() and not config.force:
+        raise FileExistsError(f"{target_path} exists; pass --force to measure it again")
+    if table_path.exists():
+        table_path.unlink()
+    arch = config.arch or DEFAULT_MODEL
+    model = create_model(arch, in_channels=config.input_shape[0], width=config.width).eval()
+    est = OrtLatencyEstimator(threads=config.threads, measure=False, lut=str(table_path))
+    start = time.perf_counter()
+    predicted = est.predict(model, config.input_shape).total
+    if config.neighbours:
+        est.marginal_costs(model, build_inventory(model, config.input_shape), config.input_shape)
+    seconds = time.perf_counter() - start
+    measured = measure_model(model, config.input_shape, config.threads)
+    desc = (f"ONNX Runtime latency table measured on {cpu_name()} ({datetime.date.today()}), "
+            f"{config.threads} thread(s), from {arch} at {'x'.join(map(str, config.input_shape))}")
+    atomic_write_json(target_path, {"name": config.name, "estimator": "ort-latency",
+                                    "settings": {"threads": config.threads, "lut": str(table_path)},
+                                    "description": desc})
+    load_plugins(force=True)
+    return {"name": config.name, "target": str(target_path), "table": str(table_path),
+            "entries": len(est.table.entries), "seconds": seconds, "predicted_ms": predicted,
+            "measured_ms": measured["median_ms"], "p90_ms": measured["p90_ms"],
+            "error_pct": 100 * (predicted - measured["median_ms"]) / measured["median_ms"]}

@@ -1,0 +1,158 @@
+"""Apply a Plan to a model in place: split neurons (widen) or remove them (narrow).
+
+Split (Liu et al. 2019, arXiv 1910.02366; Wang et al. 2019, arXiv 1910.03103; METHOD.md section 2):
+the channel is duplicated in every producer as theta + eps*v (kept slot) and theta - eps*v (new slot,
+appended), bias copied; BatchNorm statistics, depthwise filters and squeeze-excitation gate rows are
+duplicated unscaled; every consumer's input column (a block of H*W columns after a flatten) is
+duplicated and both copies halved, so eps = 0 leaves the function unchanged. Remove deletes the
+channel's rows, follower entries and consumer columns. The perturbation is added in the producer's
+original input coordinates before its own input columns are expanded, so when its input channel is
+split in the same plan the entries of v are copied into both copies and halved (v^T x preserved).
+Modules get new Parameter objects and updated size attributes: build a fresh optimizer afterwards.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import EnergySplitError, UnsupportedModelError
+from .inventory import Consumer, Inventory
+from .plan import Plan, Split
+
+
+@dataclass
+class _Edit:
+    """One group's edit: new channel j is old channel ``index[j]``, read by consumers times ``scale[j]``."""
+
+    index: list[int]
+    scale: list[float]
+    perturb: list[tuple[int, float, torch.Tensor]]  # (new position, signed eps, direction) for producers
+
+
+def _group_edits(inventory: Inventory, plan: Plan) -> dict[str, _Edit]:
+    edits = {}
+    for gid in plan.groups():
+        ops = [op for op in plan if op.group == gid]
+        splits = [op for op in ops if isinstance(op, Split)]
+        removed = {c for op in ops if not isinstance(op, Split) for c in op.channels}
+        kept = [c for c in range(inventory[gid].width) if c not in removed]
+        pos = {c: j for j, c in enumerate(kept)}
+        edit = _Edit(kept + [s.channel for s in splits], [1.0] * (len(kept) + len(splits)), [])
+        for k, s in enumerate(splits):
+            old, new = pos[s.channel], len(kept) + k
+            edit.scale[old] = edit.scale[new] = 0.5
+            if s.direction is not None and s.eps > 0:
+                edit.perturb += [(old, s.eps, s.direction), (new, -s.eps, s.direction)]
+        edits[gid] = edit
+    return edits
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.in_channels == m.out_channels > 1
+
+
+def _check(model: nn.Module, inventory: Inventory, plan: Plan, edits: dict[str, _Edit]) -> None:
+    for op in plan:
+        g = inventory[op.group]
+        if isinstance(op, Split) and op.direction is not None and op.eps > 0:
+            expected = tuple(model.get_submodule(g.producers[0]).weight.shape[1:])
+            if tuple(op.direction.shape) != expected:
+                raise EnergySplitError(f"Split({g.id}, {op.channel}): direction has shape {tuple(op.direction.shape)}, "
+                                       f"the producer's weight[channel] has shape {expected}")
+    for gid, edit in edits.items():
+        dw = [f for f in inventory[gid].followers if _is_depthwise(model.get_submodule(f))]
+        if len(edit.index) == 1 and dw:
+            raise EnergySplitError(f"plan leaves group {gid} with one channel, which would turn depthwise "
+                                   f"conv {dw[0]} into an ordinary conv; keep at least 2 channels")
+
+
+def apply_plan_(model: nn.Module, inventory: Inventory, plan: Plan) -> Inventory:
+    """Apply ``plan`` to ``model`` in place; return the re-traced Inventory (same group ids, new widths)."""
+    from .trace import build_inventory
+
+    plan.validate(inventory)
+    edits = _group_edits(inventory, plan)
+    _check(model, inventory, plan, edits)
+    rows: dict[str, tuple[_Edit, bool]] = {}
+    cols: dict[str, list[tuple[Consumer, _Edit, int]]] = defaultdict(list)
+    for gid, edit in edits.items():
+        g = inventory[gid]
+        rows.update({p: (edit, True) for p in g.producers})
+        rows.update({f: (edit, False) for f in g.followers})
+        for c in g.consumers:
+            cols[c.module].append((c, edit, g.width))
+    with torch.no_grad():
+        for name in dict.fromkeys([*rows, *cols]):
+            _edit_module(model.get_submodule(name), name, rows.get(name), cols.get(name, []))
+    updated = build_inventory(model, inventory.input_shape)
+    expected = plan.widths(inventory)
+    if updated.widths() != expected:  # surgery must never change coupling: a bug if it does
+        raise RuntimeError(f"surgery changed the inventory: expected widths {expected}, got {updated.widths()}")
+    return updated
+
+
+def _columns(in_dim: int, cols) -> tuple[list[int], list[float]]:
+    """New input-column order and scale of a consumer reading the edited groups' channels."""
+    index: list[int] = []
+    scale: list[float] = []
+    pos = 0
+    for c, edit, width in sorted(cols, key=lambda item: item[0].offset):
+        if c.offset < pos:
+            raise RuntimeError(f"overlapping channel groups in the input of {c.module}")
+        index += range(pos, c.offset)
+        scale += [1.0] * (c.offset - pos)
+        for old, s in zip(edit.index, edit.scale):
+            start = c.offset + old * c.repeat
+            index += range(start, start + c.repeat)
+            scale += [s] * c.repeat
+        pos = c.offset + width * c.repeat
+    index += range(pos, in_dim)
+    scale += [1.0] * (in_dim - pos)
+    return index, scale
+
+
+def _take(t: torch.Tensor, index: list[int], dim: int = 0) -> torch.Tensor:
+    return t.index_select(dim, torch.as_tensor(index, device=t.device))
+
+
+def _param(new: torch.Tensor, old: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(new.contiguous().clone(), requires_grad=old.requires_grad)
+
+
+def _edit_module(m: nn.Module, name: str, row, cols) -> None:
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):  # duplicated unscaled
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            old = getattr(m, attr)
+            if old is not None:
+                new = _take(old.detach(), row[0].index)
+                setattr(m, attr, _param(new, old) if isinstance(old, nn.Parameter) else new.clone())
+        m.num_features = len(row[0].index)
+        return
+    conv = isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
+    if not (conv or isinstance(m, nn.Linear)):
+        raise UnsupportedModelError(f"surgery cannot resize {type(m).__name__} module '{name}'")
+    depthwise = _is_depthwise(m)
+    weight, bias = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    if row is not None:
+        edit, producer = row
+        weight = _take(weight, edit.index)
+        if producer:  # +-eps*v in the original input coordinates, before the columns expand
+            for j, eps, v in edit.perturb:
+                weight[j] += eps * v.to(weight)
+        bias = None if bias is None else _take(bias, edit.index)
+    if cols:
+        index, scale = _columns(weight.shape[1], cols)
+        shape = (1, -1) + (1,) * (weight.dim() - 2)
+        weight = _take(weight, index, 1) * torch.tensor(scale).to(weight).view(shape)
+    m.weight = _param(weight, m.weight)
+    if bias is not None:
+        m.bias = _param(bias, m.bias)
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = weight.shape
+    elif depthwise:
+        m.in_channels = m.out_channels = m.groups = weight.shape[0]
+    else:
+        m.out_channels, m.in_channels = weight.shape[0], weight.shape[1] * m.groups

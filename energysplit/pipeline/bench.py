@@ -1,0 +1,349 @@
+"""Benchmark: every method, from the same trained base model and data, to the same budgets, with the
+same fine-tuning epochs, over several seeds. Rows are appended to a CSV as they finish (a crashed sweep
+resumes where it stopped); a failing method is recorded and the sweep goes on.
+
+Several processes can share one sweep (``worker=True``, e.g. a few processes feeding one GPU): each takes
+the next job that is neither finished nor claimed by a live process of this host (``claims.json``), so the
+work balances itself and a sweep cut short still has its early seeds. A lock file serialises their writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import fcntl
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_write_json
+
+FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", "test_accuracy", "flops_MACs",
+          "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: tuple = ("mobilenet_v2", "mobilenet_v1")
+    width: float = 0.5
+    act: str | None = None  # the zoo models' activation (None: each model's default, ReLU6 / ReLU)
+    methods: tuple = ("splitting", "l1", "taylor", "slimming", "random", "uniform", "uniform-scratch")
+    budgets: tuple = (("mobile", 0.5), ("mobile", 0.25), ("cpu", 0.7))  # (target, fraction of the base cost)
+    seeds: tuple = (0, 1, 2)
+    data: str = "fashion-mnist"
+    train_subset: int | None = None
+    test_subset: int | None = None
+    base_epochs: float = 10.0
+    epochs: float = 3.0  # fine-tuning budget of every method
+    lr: float = 0.05
+    batch_size: int = 128
+    latency_models: tuple = ("mobilenet_v2",)  # models that get the cpu budget (latency is slow to cost)
+    channel_multiple: int | None = None  # changed widths stay multiples of this, every method; None: the target's
+    device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit._device)
+
+
+PROFILES = {
+    "tiny": BenchConfig(models=("vgg_small",), width=0.25, methods=("splitting", "l1", "uniform"),
+                        budgets=(("mobile", 0.5),), seeds=(0,), data="digits", base_epochs=2, epochs=0.5,
+                        latency_models=()),
+    "quick": BenchConfig(models=("mobilenet_v2",), seeds=(0,), train_subset=4000, test_subset=2000, base_epochs=3,
+                         epochs=1.0, budgets=(("mobile", 0.5),), latency_models=()),
+    "medium": BenchConfig(methods=("splitting", "l1", "taylor", "slimming", "uniform", "uniform-scratch"),
+                          budgets=(("mobile", 0.5), ("mobile", 0.25)), train_subset=4000, test_subset=5000,
+                          base_epochs=6, epochs=2.0),
+    "full": BenchConfig(),
+}
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["model"], row["target"], row["budget_name"], row["method"], str(row["seed"]))
+
+
+def _done_rows(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        return {_row_key(r): r for r in csv.DictReader(f)}
+
+
+def _append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        f.flush()
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Exclusive lock on ``out`` across processes (the worker processes of one sweep)."""
+    with (out / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _device_name(device: str) -> str:
+    from .._device import resolve_device
+
+    resolved = resolve_device(device)
+    return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+def _git_commit() -> str | None:
+    """The energysplit checkout's commit (with ``+dirty`` for local changes), or None outside a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(out: Path, key: tuple) -> bool:
+    """Claim one job for this worker process: False when it is finished or claimed by another live process
+    (claims by processes of other hosts count as live)."""
+    path, name = out / "claims.json", "|".join(key)
+    with _locked(out):
+        if key in _done_rows(out / "results.csv"):
+            return False
+        claims = json.loads(path.read_text()) if path.exists() else {}
+        owner = claims.get(name)
+        if owner and owner["pid"] != os.getpid() and (owner["host"] != socket.gethostname() or _alive(owner["pid"])):
+            return False
+        claims[name] = {"host": socket.gethostname(), "pid": os.getpid()}
+        atomic_write_json(path, claims)
+        return True
+
+
+def base_model(name: str, config: BenchConfig, data, out: Path, log):
+    """Train (or reload) the shared base model of ``name``."""
+    from ..graph.archive import load_model, save_model
+    from ..training.loop import TrainConfig, train
+    from ..zoo import create_model
+
+    path = out / f"base_{name}.es"
+    arch = {"name": name, "kwargs": {"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                     "width": config.width, **({"act": config.act} if config.act else {})}}
+    if path.exists():
+        model, _ = load_model(path)
+        return model, arch
+    torch.manual_seed(1234)
+    model = create_model(name, **arch["kwargs"])
+    result = train(model, data.train, TrainConfig(epochs=config.base_epochs, lr=config.lr, batch_size=config.batch_size,
+                                                  seed=1234), val=data.val, desc=f"base {name}")
+    log(f"base {name}: val acc {result.val_accuracy:.4f} after {config.base_epochs:g} epochs ({result.seconds:.0f} s)")
+    from ..training.distributed import barrier, is_main
+
+    if is_main():
+        save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    barrier()
+    return model, arch
+
+
+def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=print, worker: bool = False) -> Path:
+    """Run (or resume) the sweep into ``out``; returns ``out``. With ``worker=True`` this process is one of
+    several sharing ``out``: it runs the jobs it claims first (the base models are trained once, by the first
+    worker to need them)."""
+    from .._device import use_device
+
+    with use_device(config.device):
+        return _run_benchmark(config, Path(out), command, log, worker)
+
+
+def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bool) -> Path:
+    from ..training.data import load_dataset
+    from ..cost.estimator import create_target
+    from ..methods import METHODS, MethodContext
+    from ..training.loop import TrainConfig, evaluate, seed_everything
+
+    from ..training.distributed import barrier, broadcast_object, is_main, main_only, rank_zero_estimator
+
+    log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        with _locked(out):
+            runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
+            run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
+                   "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
+                   **({"worker": True} if worker else {})}
+            atomic_write_json(out / "config.json", {"runs": runs + [run]})
+    barrier()
+    data = load_dataset(config.data)
+    if config.train_subset or config.test_subset:
+        data = data.subset(train=config.train_subset, val=1000 if config.train_subset else None,
+                           test=config.test_subset)
+    csv_path = out / "results.csv"
+    done = _done_rows(csv_path)
+    estimators = {name: rank_zero_estimator(create_target(name)) for name in ("flops", "mobile", "cpu")}
+    shape = data.input_shape
+    jobs, models = [], []  # seed-major order: a sweep cut short still covers every model, method and budget
+    for model_name in config.models:
+        with _locked(out) if is_main() else contextlib.nullcontext():
+            base, arch = base_model(model_name, config, data, out, log)
+        budgets = [(t, f, estimators[t].predict(base, shape).total * f) for t, f in config.budgets
+                   if t != "cpu" or model_name in config.latency_models]
+        jobs += [(model_name, base, arch, t, f, b, "base", None) for t, f, b in budgets]
+        models.append((model_name, base, arch, budgets))
+    jobs += [(model_name, base, arch, t, f, b, m, s) for s in config.seeds for model_name, base, arch, budgets in models
+             for t, f, b in budgets for m in config.methods]
+    base_acc = {}
+    for model_name, base, arch, target_name, fraction, budget, method, seed in jobs:
+        target = estimators[target_name]
+        row = {"model": model_name, "target": target_name, "budget_name": f"{fraction:g}", "budget": budget,
+               "unit": target.unit, "method": method, "seed": "" if seed is None else seed}
+        if _row_key(row) in done:
+            continue
+        if worker and not broadcast_object(_claim(out, _row_key(row)) if is_main() else None):
+            continue
+        start = time.perf_counter()
+        try:
+            if seed is None:
+                model = base
+                acc = base_acc.setdefault(model_name, evaluate(base, data.test).accuracy)
+            else:
+                seed_everything(seed)
+                ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
+                                    batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
+                                    channel_multiple=config.channel_multiple or target.channel_multiple,
+                                    log=lambda s, tag=f"{model_name} {target_name} {fraction:g} {method} s{seed}":
+                                    log(f"  [{tag}] {s}"))
+                model = METHODS.get(method)(copy.deepcopy(base), ctx)
+                acc = evaluate(model, data.test).accuracy
+            row.update(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
+                       mobile_mJ=estimators["mobile"].predict(model, shape).total,
+                       cpu_ms=estimators["cpu"].estimate(model, shape).total,
+                       params=sum(p.numel() for p in model.parameters()),
+                       cost_on_target=target.predict(model, shape).total, status="ok")
+        except Exception as exc:  # one method's failure must not stop the sweep
+            row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            log(traceback.format_exc(limit=3))
+        row["wall_s"] = time.perf_counter() - start
+        if is_main():
+            with _locked(out):
+                _append(csv_path, row)
+        log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
+            + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
+               if row["status"] == "ok" else f"FAILED {row['error']}"))
+    if is_main() and csv_path.exists():
+        with _locked(out):
+            summarise(out)
+    barrier()
+    return out
+
+
+def summarise(out: str | Path):
+    """Mean and std over seeds per model/budget/method -> summary.csv, summary.md and pareto.png."""
+    import pandas as pd
+
+    out = Path(out)
+    df = pd.read_csv(out / "results.csv")
+    ok = df[df.status == "ok"]
+    cols = ["test_accuracy", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s"]
+    summary = ok.groupby(["model", "target", "budget_name", "method"])[cols].agg(["mean", "std", "count"])
+    summary.columns = ["_".join(c) for c in summary.columns]
+    summary = summary.reset_index()
+    summary.to_csv(out / "summary.csv", index=False)
+    lines = ["| model | target | budget | method | accuracy (mean ± std, n) | mobile mJ | cpu ms | MACs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.sort_values(["model", "target", "budget_name", "test_accuracy_mean"],
+                                    ascending=[True, True, False, False]).iterrows():
+        std = 0.0 if pd.isna(r.test_accuracy_std) else r.test_accuracy_std
+        lines.append(f"| {r.model} | {r.target} | {r.budget_name} | {r.method} | {r.test_accuracy_mean:.4f} ± "
+                     f"{std:.4f} ({int(r.test_accuracy_count)}) | {r.mobile_mJ_mean:.4f} | {r.cpu_ms_mean:.3f} | "
+                     f"{r.flops_MACs_mean:,.0f} |")
+    lines += goal_lines(summary)
+    failed = df[df.status != "ok"]
+    if len(failed):
+        lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed "
+                                         f"{'-' if pd.isna(r.seed) else int(r.seed)}: {r.error}"
+                                         for _, r in failed.iterrows()]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    pareto_plot(ok, out / "pareto.png")
+    return summary
+
+
+PRUNERS = ("l1", "taylor", "slimming", "random")
+UNIFORM = ("uniform", "uniform-scratch")
+
+
+def goal_lines(summary) -> list[str]:
+    """The product's goal per model and budget: splitting's mean accuracy minus the best pruning
+    baseline's (goal: >= +1 point), and whether it Pareto-dominates each uniform-width method (at least
+    as accurate, at no more cost on the budget's target)."""
+    lines = ["", "Goal check (splitting vs the best pruning baseline; vs uniform width):", ""]
+    for (model, target, budget), g in summary.groupby(["model", "target", "budget_name"]):
+        by = g.set_index("method")
+        if "splitting" not in by.index:
+            continue
+        split = by.loc["splitting"]
+        parts = []
+        pruners = by[by.index.isin(PRUNERS)]
+        if len(pruners):
+            best = pruners.test_accuracy_mean.idxmax()
+            gap = 100 * (split.test_accuracy_mean - pruners.test_accuracy_mean.max())
+            parts.append(f"{gap:+.2f} points vs {best} ({'met' if gap >= 1.0 else 'not met'})")
+        for name in UNIFORM:
+            if name in by.index:
+                u = by.loc[name]
+                dominates = (split.test_accuracy_mean >= u.test_accuracy_mean
+                             and split.cost_on_target_mean <= u.cost_on_target_mean)
+                parts.append(f"{'dominates' if dominates else 'does not dominate'} {name}")
+        lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
+    return lines if len(lines) > 3 else []
+
+
+def pareto_plot(df, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(df.model.unique())
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for i, model in enumerate(models):
+        sub = df[df.model == model]
+        for j, (col, label) in enumerate([("mobile_mJ", "energy on mobile [mJ]"), ("cpu_ms", "ONNX Runtime latency [ms]")]):
+            ax = axes[i][j]
+            for method, g in sub.groupby("method"):
+                agg = g.groupby(["target", "budget_name"]).agg(x=(col, "mean"), y=("test_accuracy", "mean"),
+                                                               e=("test_accuracy", "std")).reset_index()
+                ax.errorbar(agg.x, agg.y, yerr=agg.e.fillna(0), fmt="*" if method == "splitting" else "o",
+                            ms=11 if method == "splitting" else 6, capsize=3, label=method)
+            ax.set_xlabel(label)
+            ax.set_ylabel("test accuracy")
+            ax.set_title(model)
+            ax.grid(alpha=0.3)
+        axes[i][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,272 @@
+"""``energysplit compress``: a trained model + data + target + budget -> a smaller model and a report.
+
+Every input is checked before anything is written (target, method, data, output directory, model file,
+architecture, budget); a failure then leaves the file system as it was. Work in progress lives in
+``DIR/.work`` (atomic checkpoints: the demo's trained base model, the growth steps), so a run killed at
+any point continues with ``resume=True`` from its last completed step and ends with the same result as
+an uninterrupted run with the same seed. The outputs (:mod:`energysplit.pipeline.report`) appear at the end.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..cost.budget import DEFAULT_BUDGET
+from ..errors import USER_ERRORS, BudgetError, EnergySplitError
+from .._io import atomic_write_json
+
+# the built-in default job (``energysplit compress --demo``): train MobileNetV2 x0.5 on Fashion-MNIST, halve
+# its energy on the mobile target; a few minutes on two CPU cores
+DEMO = {"arch": "mobilenet_v2", "width": 0.5, "data": "fashion-mnist", "subset": 8000, "base_epochs": 2.0,
+        "epochs": 2.0, "target": "mobile", "budget": DEFAULT_BUDGET}
+RESULT_FILES = ("report.json", "report.md", "model.es", "model.onnx", "steps.csv", "growth.png", "config.json")
+RUN_KEYS = ("out", "resume", "force", "progress")  # how to run, not what to compute: free to change on resume
+log_line = partial(print, flush=True)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    model: str | None = None  # an energysplit archive, a state dict (with arch), a pickled module; None: demo
+    arch: str | None = None
+    width: float | None = None
+    act: str | None = None
+    target: str = "mobile"
+    budget: str = DEFAULT_BUDGET  # a fraction of the input model's cost, or a value with a unit (2.5mJ)
+    method: str = "splitting"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    subset: int | None = None
+    out: str = "runs/compress"
+    epochs: float = 2.0  # fine-tuning budget, the same for every method
+    base_epochs: float = 2.0  # only when the base model is trained here (demo / no MODEL)
+    lr: float = 0.05
+    batch_size: int = 128
+    seed: int = 0
+    channel_multiple: int | None = None  # changed widths stay multiples of this; None: the target's own
+    cost_aware: bool = False  # pruning (and splitting's seed) ranks channels by importance per unit of saving
+    resume: bool = False
+    force: bool = False
+    trust_pickle: bool = False
+    report_targets: tuple = ("flops", "mobile", "cpu")
+    progress: bool = True
+    device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit._device)
+
+    def __post_init__(self):
+        object.__setattr__(self, "budget", str(self.budget))
+        object.__setattr__(self, "report_targets", tuple(self.report_targets))
+        if self.epochs < 0 or self.base_epochs < 0:
+            raise ValueError("--epochs and --base-epochs must be >= 0")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("--lr must be > 0 and --batch-size >= 1")
+        if self.channel_multiple is not None and self.channel_multiple < 1:
+            raise ValueError("--channel-multiple must be >= 1")
+        if self.subset is not None and self.subset < 1:
+            raise ValueError("--subset must be >= 1")
+        if self.width is not None and self.width <= 0:
+            raise ValueError("--width must be > 0")
+
+    @classmethod
+    def resolve(cls, *layers: dict) -> "CompressConfig":
+        """Later layers override earlier ones (defaults < demo < config file < flags); None means unset."""
+        merged: dict = {}
+        for layer in layers:
+            merged.update({k: v for k, v in layer.items() if v is not None})
+        return cls(**merged)
+
+    def key(self) -> dict:
+        """What determines the result (compared on resume)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_KEYS}
+
+
+def read_config_file(path: str) -> dict:
+    """Options from a JSON file: plain ``{field: value}`` or a run's saved ``config.json``. The run
+    controls (out, resume, force, progress) come from the command line only."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise EnergySplitError(f"cannot read config file {path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "command" in data:
+        data = data["config"]  # a saved config.json
+    if not isinstance(data, dict):
+        raise EnergySplitError(f"config file {path} must hold a JSON object of options")
+    unknown = set(data) - {f.name for f in fields(CompressConfig)}
+    if unknown:
+        raise EnergySplitError(f"config file {path} has unknown keys {sorted(unknown)}")
+    return {k: v for k, v in data.items() if k not in RUN_KEYS}
+
+
+def measure(model: nn.Module, data, targets, estimators: dict, desc: str = "measure", progress: bool = False) -> dict:
+    """Test accuracy and loss, params and the cost on every report target (keys carry the unit)."""
+    from ..training.loop import _progress, evaluate
+
+    bar = _progress(range(1 + len(targets)), 1 + len(targets), desc, progress)
+    row: dict = {}
+    for i in bar:
+        if i == 0:
+            ev = evaluate(model, data.test)
+            row.update(test_accuracy=ev.accuracy, test_loss=ev.loss, params=sum(p.numel() for p in model.parameters()))
+        else:
+            est = estimators[targets[i - 1]]
+            row[f"{targets[i - 1]} [{est.unit}]"] = est.estimate(model, data.input_shape).total
+    return row
+
+
+def check_out(config: CompressConfig) -> Path:
+    """The output directory, if this run may use it (nothing is changed here)."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory")
+    if config.resume:
+        if not (out / ".work").is_dir():
+            raise EnergySplitError(f"nothing to resume in {out} (no interrupted run there); run without --resume")
+        saved = out / ".work" / "config.json"
+        if saved.exists():
+            before = json.loads(saved.read_text())
+            now = json.loads(json.dumps(config.key(), default=str))
+            diff = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                    if before.get(k) != now.get(k)]
+            if diff:
+                raise EnergySplitError(f"--resume with other options than the interrupted run ({'; '.join(diff)}); "
+                                       "repeat its options or run without --resume")
+        return out
+    existing = [f for f in RESULT_FILES if (out / f).exists()]
+    if existing and not config.force:
+        raise FileExistsError(f"{out} already holds results ({', '.join(existing)}); pass --force to overwrite "
+                              "or choose another --out")
+    return out
+
+
+def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
+    """Run the whole job; returns the report dict. See the module docstring for the outputs."""
+    from .._device import use_device
+
+    with use_device(config.device):
+        return _compress(config, command, log)
+
+
+def _compress(config: CompressConfig, command: str, log) -> dict:
+    from ..training.data import load_dataset
+    from ..cost.estimator import TARGETS, create_target
+    from ..methods import METHODS, MethodContext
+    from ..graph.archive import build_model
+    from ..cost.budget import check_budget, parse_budget
+    from .inputs import arch_spec, check_model, load_input_model
+    from ..training.loop import TrainConfig, seed_everything
+    from ..training.distributed import barrier, broadcast_object, check_in_sync, is_main, main_only, rank_zero_estimator
+
+    log = main_only(log)  # under torchrun every rank computes; rank 0 alone logs and writes files
+    start = time.perf_counter()
+    method = METHODS.get(config.method)  # unknown names fail before any work
+    report_targets = tuple(dict.fromkeys((*config.report_targets, config.target)))
+    for name in report_targets:
+        TARGETS.get(name)
+    try:  # needed for the ONNX check at the end: fail now, and import it while an interrupt loses nothing
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise EnergySplitError(f"the ONNX check needs onnxruntime ({exc}): pip install onnxruntime") from None
+    data = load_dataset(config.data, data_dir=config.data_dir) if config.data == "fashion-mnist" else load_dataset(config.data)
+    if config.subset:
+        data = data.subset(train=config.subset, val=max(500, config.subset // 10))
+    out = check_out(config)
+    seed_everything(config.seed)
+    if config.model:
+        model, arch = load_input_model(config, data)
+    else:
+        arch = arch_spec(replace(config, arch=config.arch or DEMO["arch"]), data.in_channels, data.num_classes)
+        model = build_model(arch)  # trained below, once every input is known to be good
+    check_model(model, arch, data)
+    estimators = {name: rank_zero_estimator(create_target(name)) for name in report_targets}  # measured on rank 0
+    target = estimators[config.target]
+    # costs do not depend on the weights: the demo's budget is checked before its base model is trained
+    cost = target.predict(model, data.input_shape).total
+    budget = parse_budget(config.budget, target.unit, cost)
+    base_cost = check_budget(model, target, budget, data.input_shape, config.target)
+
+    # from here on files are written; a failure removes what this run created, an interrupt keeps .work
+    work, created = out / ".work", not out.exists()
+    try:
+        if not config.resume and is_main():
+            shutil.rmtree(work, ignore_errors=True)
+            atomic_write_json(work / "config.json", config.key())
+        barrier()
+        seconds = {}
+        recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                             progress=config.progress)
+        base_train = None
+        if not config.model:
+            t0 = time.perf_counter()
+            model, base_train = _train_base(model, arch, config, data, work, recipe, log)
+            seconds["base_training"] = time.perf_counter() - t0
+        log(f"input model: {arch['name']}, {base_cost:.4g} {target.unit} on {config.target}; budget {budget:.4g} "
+            f"{target.unit} ({budget / base_cost:.0%}), method {config.method}")
+        t0 = time.perf_counter()
+        before = measure(model, data, report_targets, estimators, "measure input model", config.progress)
+        ctx = MethodContext(data, target, budget, recipe, arch=arch, seed=config.seed, workdir=work,
+                            resume=config.resume, log=log, cost_aware=config.cost_aware,
+                            channel_multiple=config.channel_multiple or getattr(target, "channel_multiple", 1))
+        log(f"changed widths stay multiples of {ctx.channel_multiple}")
+        t1 = time.perf_counter()
+        compressed = method(copy.deepcopy(model), ctx)
+        check_in_sync(compressed, config.method)  # data-parallel ranks must hold the same model
+        t2 = time.perf_counter()
+        after = measure(compressed, data, report_targets, estimators, "measure compressed model", config.progress)
+        seconds.update(measure=time.perf_counter() - t2 + t1 - t0, method=t2 - t1)
+        final_cost = target.predict(compressed, data.input_shape).total
+        if final_cost > budget * (1 + 1e-9):
+            raise BudgetError(f"{config.method} ended at {final_cost:.4g} {target.unit}, over the budget {budget:.4g}")
+        measured = after[f"{config.target} [{target.unit}]"]
+        if measured > budget * (1 + 1e-9):  # a measuring target (latency) can disagree with its own prediction
+            log(f"warning: the compressed model measures {measured:.4g} {target.unit} on {config.target}, over the "
+                f"budget {budget:.4g} that its prediction ({final_cost:.4g}) meets; see report.md")
+        from .report import write_outputs
+
+        report = {"command": command, "config": asdict(config), "arch": arch,
+                  "budget": {"target": config.target, "unit": target.unit, "requested": config.budget,
+                             "budget": budget, "base_cost": base_cost, "final_cost": final_cost,
+                             "final_measured": measured},
+                  "before": before, "after": after,
+                  "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                           "input_shape": list(data.input_shape)},
+                  "growth_steps": ctx.records.get("growth_steps", []), "stop_reason": ctx.records.get("stop_reason"),
+                  "base_training": base_train, "seconds": seconds}
+        if is_main():
+            write_outputs(out, report, model, compressed, data.input_shape, start)
+        report = broadcast_object(report)  # every rank returns rank 0's report
+    except BaseException as exc:
+        if is_main():
+            shutil.rmtree(out / ".staging", ignore_errors=True)
+        if isinstance(exc, USER_ERRORS) and not config.resume and is_main():  # an input error found late: leave nothing
+            shutil.rmtree(out if created else work, ignore_errors=True)
+        raise  # an interrupt or a crash keeps .work for --resume
+    if is_main():
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _train_base(model: nn.Module, arch: dict, config: CompressConfig, data, work: Path, recipe, log):
+    """Train the built-in default model, checkpointed as ``.work/base.es`` (reused by ``--resume``)."""
+    from ..graph.archive import load_model, save_model
+    from ..training.loop import train
+
+    path = work / "base.es"
+    if config.resume and path.exists():
+        model, record = load_model(path)
+        log(f"resumed the trained base model from {path}")
+        return model, record["meta"].get("train")
+    result = train(model, data.train, replace(recipe, epochs=config.base_epochs), val=data.val, desc="train base model")
+    log(f"trained base {arch['name']} for {config.base_epochs:g} epochs: val acc {result.val_accuracy:.4f} "
+        f"({result.seconds:.0f} s)")
+    from ..training.distributed import barrier, is_main
+
+    if is_main():
+        save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    barrier()
+    return model, result.to_dict()

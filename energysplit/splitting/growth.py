@@ -1,0 +1,264 @@
+"""The growth loop of energy-aware splitting steepest descent (Wang et al. 2019, arXiv 1910.03103, Alg. 1).
+
+    repeat: score (splitting eigenpairs) -> costs T_i (target's marginal costs) -> select under the step
+            budget -> split with eps -> fine-tune
+    until the next step would pass the budget; then a final fine-tune.
+
+Every completed step is checkpointed atomically (model archive + step log), so an interrupted run
+resumes from its last completed step with ``resume=True`` and reaches the same result.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .curvature import CurvatureConfig
+from ..training.data import DataSplits
+from ..errors import BudgetError
+from ..graph.inventory import Inventory
+from .._io import atomic_write_json
+from ..graph.plan import Plan
+from ..training.loop import TrainConfig, evaluate, seed_everything, train
+
+
+@dataclass(frozen=True)
+class GrowConfig:
+    """Growth recipe. Reference: growth x1.4-2.4 per step, eps 0.1 (MobileNetV2), LP threshold 0.9."""
+
+    step_growth: float = 1.4  # each step may raise the cost by at most this factor
+    eps: float = 0.1
+    selector: str = "lp"
+    threshold: float = 0.9
+    solver: str = "fast"
+    score_samples: int = 1024  # training images used to score each step
+    min_step_fraction: float = 0.1  # stop when the budget left is under this fraction of a full step
+    max_steps: int = 10
+    finetune: TrainConfig = TrainConfig(epochs=0.5)  # after each split step
+    # with a finetune.span other than (0, 1), step k of planned_steps fine-tunes over the k-th equal part
+    # of that span (so the growth steps continue one learning-rate schedule); default: max_steps
+    planned_steps: int | None = None
+    final_finetune: TrainConfig = TrainConfig(epochs=1.0)
+    curvature: CurvatureConfig = CurvatureConfig()
+    seed: int = 0
+    channel_multiple: int = 1  # split in blocks keeping widths multiples of this (:mod:`energysplit.graph.alignment`)
+    # the selection plans for overselect x the step's headroom in marginal (first-order) costs; the applied
+    # plan is then costed exactly and cut to the step's limit (fit_plan). Marginal costs over-predict
+    # targets whose costs do not add up (a latency table: a step planned to the limit came out at half of it)
+    overselect: float = 2.0
+
+    def __post_init__(self):
+        if self.step_growth <= 1.0:
+            raise ValueError(f"step_growth must be > 1, got {self.step_growth}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.score_samples < 1 or self.max_steps < 1 or self.channel_multiple < 1:
+            raise ValueError("score_samples, max_steps and channel_multiple must be >= 1")
+        if self.overselect < 1:
+            raise ValueError(f"overselect must be >= 1, got {self.overselect}")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    cost_before: float
+    cost_after: float
+    unit: str
+    step_budget: float
+    neurons_split: int
+    split_per_group: dict
+    predicted_loss_change: float
+    val_accuracy: float
+    val_loss: float
+    score_seconds: float
+    select_seconds: float
+    train_seconds: float
+    note: str = ""
+
+
+@dataclass
+class GrowResult:
+    model: nn.Module
+    inventory: Inventory
+    steps: list[StepRecord] = field(default_factory=list)
+    final_cost: float = 0.0
+    stop_reason: str = ""
+
+
+def _score_batches(data: DataSplits, samples: int, batch_size: int, seed: int) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    n = min(samples, len(data.train))
+    idx = torch.randperm(len(data.train), generator=gen)[:n].tolist()
+    xs, ys = zip(*(data.train[i] for i in idx))
+    x, y = torch.stack(xs), torch.as_tensor(ys)
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input_shape, limit: float,
+             block_sizes: list[int] | None = None):
+    """The longest prefix of ``ops`` (best first) whose applied cost stays within ``limit``, cut only
+    between blocks when ``block_sizes`` (consecutive ops that go together) is given.
+
+    Marginal costs are first-order: splitting a layer and its consumer in one step adds a cross term,
+    so the applied plan is costed exactly (``estimator.predict`` on a copy) and trimmed by bisection.
+    """
+    from itertools import accumulate
+
+    from ..graph.surgery import apply_plan_
+
+    cuts = [0] + list(accumulate(block_sizes or [1] * len(ops)))
+    if cuts[-1] != len(ops):
+        raise ValueError(f"block sizes add up to {cuts[-1]}, not to the {len(ops)} ops")
+
+    def cost_of(k: int) -> float:
+        trial = copy.deepcopy(model)
+        apply_plan_(trial, inventory, Plan(ops[:cuts[k]]))
+        return estimator.predict(trial, input_shape).total
+
+    lo, hi = 0, len(cuts) - 1
+    if hi and cost_of(hi) <= limit:
+        return ops
+    while lo < hi - 1:
+        mid = (lo + hi) // 2
+        if cost_of(mid) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return ops[:cuts[lo]]
+
+
+class Checkpoint:
+    """``DIR/model.es``: the model archive with the step log and phase in its metadata, written atomically
+    as one file (so weights and log can never disagree). ``DIR/state.json`` is a readable copy of the
+    log, written after it; the archive is the source of truth on resume."""
+
+    def __init__(self, directory: str | Path, arch: dict, input_shape):
+        self.dir, self.arch, self.input_shape = Path(directory), arch, tuple(input_shape)
+
+    def save(self, model, steps: list[StepRecord], phase: str) -> None:
+        from ..graph.archive import save_model
+        from ..training.distributed import barrier, is_main
+
+        if is_main():  # data-parallel runs: rank 0 writes, the others wait for it
+            state = {"phase": phase, "steps": [asdict(s) for s in steps]}
+            save_model(model, self.dir / "model.es", self.arch, self.input_shape, meta={"growth": state})
+            atomic_write_json(self.dir / "state.json", state)
+        barrier()
+
+    def load(self):
+        from ..graph.archive import load_model
+
+        if not (self.dir / "model.es").exists():
+            return None
+        model, record = load_model(self.dir / "model.es")
+        state = record["meta"]["growth"]
+        return model, [StepRecord(**s) for s in state["steps"]], state["phase"]
+
+
+def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: GrowConfig = GrowConfig(),
+         inventory: Inventory | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
+         log: Callable[[str], None] = print) -> GrowResult:
+    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget``."""
+    from .scores import splitting_scores
+    from ..cost.estimator import marginal_costs_of
+    from ..graph.trace import build_inventory
+    from ..graph.surgery import apply_plan_
+    from ..training.distributed import check_in_sync, main_only, rank_zero_estimator
+
+    estimator, log = rank_zero_estimator(estimator), main_only(log)  # both unchanged in a single process
+    input_shape = data.input_shape
+    steps: list[StepRecord] = []
+    phase = "grow"
+    if resume and checkpoint is not None and (restored := checkpoint.load()) is not None:
+        model, steps, phase = restored
+        log(f"resumed from {checkpoint.dir} after step {len(steps)} ({phase})")
+    inventory = build_inventory(model, input_shape) if (inventory is None or resume) else inventory
+    cost = estimator.predict(model, input_shape).total
+    unit = estimator.unit
+    if cost > budget:
+        raise BudgetError(f"the seed already costs {cost:.4g} {unit}, over the budget {budget:.4g} {unit}; "
+                          "shrink the seed further")
+    stop = "done" if phase == "final" else ""
+    while phase == "grow" and len(steps) < config.max_steps:
+        step = len(steps) + 1
+        step_limit = min(budget, cost * config.step_growth)
+        if step_limit - cost <= config.min_step_fraction * cost * (config.step_growth - 1):
+            stop = "budget reached (what is left is under min_step_fraction of a step)"
+            break
+        t0 = time.perf_counter()
+        batches = _score_batches(data, config.score_samples, 64, config.seed * 1000 + step)
+        seed_everything(config.seed * 1000 + step)
+        solver_config = None
+        if config.solver == "fast":
+            from .fast import FastConfig
+
+            solver_config = FastConfig(progress=config.finetune.progress)
+        scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config)
+        t1 = time.perf_counter()
+        marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
+        costs = {gid: marginal[gid].add for gid in scores}
+        ops, sizes = select_splits(scores, costs, config.overselect * (step_limit - cost), config, inventory.widths())
+        ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
+        t2 = time.perf_counter()
+        if not ops:
+            stop = "no neuron with a negative splitting index fits the remaining budget"
+            break
+        lambdas = [float(scores[op.group].eigvals[op.channel]) for op in ops]
+        inventory = apply_plan_(model, inventory, Plan(ops))
+        new_cost = estimator.predict(model, input_shape).total
+        ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
+        result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
+        check_in_sync(model, f"growth step {step}")
+        per_group: dict[str, int] = {}
+        for op in ops:
+            per_group[op.group] = per_group.get(op.group, 0) + 1
+        record = StepRecord(step, cost, new_cost, unit, step_limit - cost, len(ops), per_group,
+                            0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
+                            t1 - t0, t2 - t1, result.seconds)
+        steps.append(record)
+        log(f"step {step}: split {len(ops)} neurons in {len(per_group)} groups, cost {cost:.4g} -> "
+            f"{new_cost:.4g} {unit} (budget {budget:.4g}), val acc {result.val_accuracy:.4f}, "
+            f"scoring {t1 - t0:.1f} s, training {result.seconds:.1f} s")
+        cost = new_cost
+        if checkpoint is not None:
+            checkpoint.save(model, steps, "grow")
+    else:
+        stop = stop or ("done" if phase == "final" else "max steps reached")
+    if phase == "grow":
+        if config.final_finetune.epochs > 0:
+            ft = replace(config.final_finetune, seed=config.seed * 1000 + 999)
+            res = train(model, data.train, ft, val=data.val, desc="final fine-tune")
+            log(f"final fine-tune: {ft.epochs:g} epochs, val acc {res.val_accuracy:.4f}")
+        if checkpoint is not None:
+            checkpoint.save(model, steps, "final")
+        inventory = build_inventory(model, input_shape)
+    return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
+
+
+def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
+    """Step ``step``'s part of ``config.finetune.span`` (steps past the plan stay at its end)."""
+    start, end = config.finetune.span
+    if (start, end) == (0.0, 1.0):
+        return start, end
+    n = config.planned_steps or config.max_steps
+    if step > n:
+        return end, end
+    return start + (end - start) * (step - 1) / n, start + (end - start) * step / n
+
+
+def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
+                  widths: dict[str, int]) -> tuple[list, list[int]]:
+    """Split ops chosen under ``step_budget``, best (most negative lambda per unit cost) block first,
+    and the block sizes (all 1 without a channel multiple)."""
+    from .selection import select_splits as select
+
+    selection = select(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold,
+                       multiple=config.channel_multiple, widths=widths)
+    selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
+    return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]
