@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "Registry": "_registry",
+    "Registry": "_registry", "RegistryError": "errors", "EnergySplitError": "errors",
     "create_model": "zoo", "list_models": "zoo", "register_model": "zoo", "MODELS": "zoo",
-    "load_dataset": "training.data", "DataSplits": "training.data", "DataError": "training.data",
+    "load_dataset": "training.data", "DataSplits": "training.data", "DataError": "errors",
     "evaluate": "training.loop", "TrainConfig": "training.loop",  # the train() function: energysplit.training.loop.train (module name)
     "Inventory": "graph.inventory", "Group": "graph.inventory",
     "build_inventory": "graph.trace",

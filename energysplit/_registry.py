@@ -4,12 +4,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, Iterator
 
-
-class RegistryError(KeyError):
-    """Unknown or duplicate registry name; ``str()`` is a one-line message."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+from .errors import RegistryError
 
 
 class Registry:

@@ -4,7 +4,8 @@ import struct
 import pytest
 import torch
 
-from energysplit.training.data import DataError, fashion_mnist_dir, load_dataset, load_fashion_mnist, read_idx
+from energysplit.errors import DataError
+from energysplit.training.data import fashion_mnist_dir, load_dataset, load_fashion_mnist, read_idx
 
 
 def _write_idx(path, array: torch.Tensor):

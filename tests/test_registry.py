@@ -1,6 +1,7 @@
 import pytest
 
-from energysplit._registry import Registry, RegistryError
+from energysplit._registry import Registry
+from energysplit.errors import RegistryError
 
 
 def test_register_get_create_and_duplicates():

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from ..errors import DataError
+
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_ENV = "ENERGYSPLIT_FASHION_MNIST"
 FASHION_MNIST_FILES = {
@@ -23,10 +25,6 @@ FASHION_MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 SPLIT_SEED = 20191007  # fixed: the validation slice never changes between runs
-
-
-class DataError(RuntimeError):
-    """A dataset is missing or unreadable; the message says how to fix it."""
 
 
 @dataclass
