@@ -105,9 +105,9 @@ def read_config_file(path: str) -> dict:
 
 def measure(model: nn.Module, data, targets, estimators: dict, desc: str = "measure", progress: bool = False) -> dict:
     """Test accuracy and loss, params and the cost on every report target (keys carry the unit)."""
-    from ..training.loop import _progress, evaluate
+    from ..training.loop import progress_bar, evaluate
 
-    bar = _progress(range(1 + len(targets)), 1 + len(targets), desc, progress)
+    bar = progress_bar(range(1 + len(targets)), 1 + len(targets), desc, progress)
     row: dict = {}
     for i in bar:
         if i == 0:

@@ -102,14 +102,14 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
     ys = [t.y for t in trackers]
     steps_per_pass = num_batches(batches, config.batch_size)
     reducer = _data_parallel()  # None in a single process
-    from ..training.loop import _progress
+    from ..training.loop import progress_bar
 
     warm = math.ceil(config.warmup * steps_per_pass) if steps_per_pass else 0  # unknown length: no warm-up
     total = config.passes * steps_per_pass + warm if steps_per_pass else None
     from ..training.distributed import is_main
 
     show = config.progress and is_main()
-    bar = _progress(range(total or 0), total, "splitting scores", show) if show else None
+    bar = progress_bar(range(total or 0), total, "splitting scores", show) if show else None
     with ChainTaps(model, trackers) as taps:
         def step(x, target, lr, last):
             grads = (_products(taps, ys, x, target, loss_fn) if reducer is None else

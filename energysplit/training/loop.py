@@ -100,7 +100,7 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0, span: tuple
     return 1.0
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
+def progress_bar(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -134,7 +134,7 @@ def _train(model, data, config, val, sampler, desc, penalty) -> TrainResult:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
     step, running, epoch = 0, 0.0, 0
-    bar = _progress(range(total), total, desc, config.progress and is_main())
+    bar = progress_bar(range(total), total, desc, config.progress and is_main())
     batches = iter(())
     for step in bar:
         try:
@@ -182,7 +182,7 @@ def _evaluate(model, data, batch_size, progress) -> EvalResult:
 
     loader = make_loader(shard_dataset(data), batch_size, shuffle=False)  # this rank's share if launched
     correct, loss_sum, count = 0, 0.0, 0
-    for x, y in _progress(loader, len(loader), "eval", progress):
+    for x, y in progress_bar(loader, len(loader), "eval", progress):
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
