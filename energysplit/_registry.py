@@ -15,10 +15,15 @@ class Registry:
     ... def tiny(): ...
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None):
         self.kind = kind
+        self.loader = loader  # called before every lookup (e.g. to load plugins once); None: nothing to load
         self._items: dict[str, Any] = {}
         self._origins: dict[str, str] = {}
+
+    def _load(self) -> None:
+        if self.loader is not None:
+            self.loader()
 
     def register(self, name: str | None = None, obj: Any = None, *, origin: str = "built-in"):
         """Register ``obj`` under ``name``; usable as a decorator. Duplicate names raise."""
@@ -40,7 +45,13 @@ class Registry:
         self._items.pop(name, None)
         self._origins.pop(name, None)
 
+    def clear(self) -> None:
+        """Forget every entry (a loader fills the registry again on the next lookup)."""
+        self._items.clear()
+        self._origins.clear()
+
     def get(self, name: str) -> Any:
+        self._load()
         if name not in self._items:
             known = ", ".join(sorted(self._items)) or "none"
             raise RegistryError(f"unknown {self.kind} {name!r}; known: {known}")
@@ -51,15 +62,18 @@ class Registry:
         return self._origins[name]
 
     def names(self, pattern: str = "*") -> list[str]:
+        self._load()
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:

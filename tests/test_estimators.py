@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from energysplit.cost.estimator import ESTIMATORS, TARGETS, UNITS, _resized_copy, create_estimator, create_target, target_info
+from energysplit.cost.estimator import ESTIMATORS, TARGETS, UNITS, resized_copy, create_estimator, create_target, target_info
 from energysplit.graph.trace import build_inventory
 from energysplit.graph.layers import capture_layers, resize_specs
 from energysplit.cost.conformance import check_estimator
@@ -129,8 +129,8 @@ def test_marginal_cost_equals_reestimate_after_surgery(arch, width, shape, targe
     base = est.predict(model, shape).total
     marginal = est.marginal_costs(model, inv, shape)
     for g in _some_groups(inv):
-        grown = est.predict(_resized_copy(model, inv, g.id, +1), shape).total
-        shrunk = est.predict(_resized_copy(model, inv, g.id, -1), shape).total
+        grown = est.predict(resized_copy(model, inv, g.id, +1), shape).total
+        shrunk = est.predict(resized_copy(model, inv, g.id, -1), shape).total
         if target == "flops":  # integers: exact
             assert (marginal[g.id].add, marginal[g.id].remove) == (grown - base, base - shrunk), g.id
         else:

@@ -58,7 +58,7 @@ def check_estimator(estimator, model: nn.Module | None = None, input_shape=INPUT
     cost (relative tolerance ``rel_tol``); an op it cannot cost is listed in ``unsupported`` (a list of
     str). Raises AssertionError naming every failure; returns a summary dict on success.
     """
-    from .estimator import Estimator, _resized_copy
+    from .estimator import Estimator, resized_copy
     from ..graph.trace import build_inventory
 
     est = estimator() if isinstance(estimator, type) else estimator
@@ -97,11 +97,11 @@ def check_estimator(estimator, model: nn.Module | None = None, input_shape=INPUT
         mc = marginal.get(group.id)
         if mc is None or not group.prunable:
             continue
-        grown = est.predict(_resized_copy(model, inventory, group.id, +1), input_shape).total
+        grown = est.predict(resized_copy(model, inventory, group.id, +1), input_shape).total
         need(_close(mc.add, grown - base, rel_tol), f"{group.id}: marginal add {mc.add!r} but re-estimate "
                                                     f"changes the total by {grown - base!r}")
         if group.width > 1:
-            shrunk = est.predict(_resized_copy(model, inventory, group.id, -1), input_shape).total
+            shrunk = est.predict(resized_copy(model, inventory, group.id, -1), input_shape).total
             need(_close(mc.remove, base - shrunk, rel_tol), f"{group.id}: marginal remove {mc.remove!r} but "
                                                             f"re-estimate saves {base - shrunk!r}")
         checked += 1

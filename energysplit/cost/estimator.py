@@ -6,8 +6,7 @@ channel (the split cost T_i of Wang et al. 2019, Sec. 4) and the saving of one c
 cannot cost are listed in ``CostReport.unsupported``, never counted as zero silently.
 
 Estimators and targets come from entry points (groups ``energysplit.estimators`` and
-``energysplit.targets``; the built-ins of the top-level ``estimators`` package are registered the same
-way) and from JSON files in the user directory (``$ENERGYSPLIT_HOME/targets`` or
+``energysplit.targets``; the built-ins of ``energysplit_estimators`` are registered the same way) and from JSON files in the user directory (``$ENERGYSPLIT_HOME/targets`` or
 ``~/.config/energysplit/targets``) written by ``energysplit calibrate``. See :mod:`energysplit.cost.plugins`.
 """
 from __future__ import annotations
@@ -91,8 +90,8 @@ class Estimator:
                 out[group.id] = MarginalCost(math.nan, math.nan, self.unit)
                 continue
             up, down = block_steps(group.width, multiple)
-            add = (self.predict(_resized_copy(model, inventory, group.id, up), input_shape).total - base) / up
-            remove = ((base - self.predict(_resized_copy(model, inventory, group.id, -down), input_shape).total)
+            add = (self.predict(resized_copy(model, inventory, group.id, up), input_shape).total - base) / up
+            remove = ((base - self.predict(resized_copy(model, inventory, group.id, -down), input_shape).total)
                       / down if group.width > down else math.nan)
             out[group.id] = MarginalCost(add, remove, self.unit)
         return out
@@ -121,7 +120,7 @@ def marginal_costs_of(estimator, model, inventory, input_shape, multiple: int = 
     return estimator.marginal_costs(model, inventory, input_shape)
 
 
-def _resized_copy(model, inventory, group_id: str, delta: int):
+def resized_copy(model, inventory, group_id: str, delta: int):
     """A copy of ``model`` with ``delta`` channels more (exact duplicates of the first ones) or fewer
     (the last ones removed) in a group, made by :mod:`energysplit.graph.surgery`."""
     import copy
@@ -226,30 +225,9 @@ class Target:
                    d.get("description", ""))
 
 
-class _PluginRegistry(Registry):
-    """A registry that loads the plugins (entry points, user directory) on first lookup."""
-
-    def get(self, name):
-        from .plugins import load_plugins
-
-        load_plugins()
-        return super().get(name)
-
-    def names(self, pattern: str = "*"):
-        from .plugins import load_plugins
-
-        load_plugins()
-        return super().names(pattern)
-
-    def __contains__(self, name):
-        from .plugins import load_plugins
-
-        load_plugins()
-        return super().__contains__(name)
-
-
-ESTIMATORS = _PluginRegistry("estimator")
-TARGETS = _PluginRegistry("target")
+# filled by energysplit.cost.plugins.load_plugins on first lookup (energysplit/cost/__init__.py sets the loader)
+ESTIMATORS = Registry("estimator")
+TARGETS = Registry("target")
 
 
 def create_estimator(name: str, **settings) -> Estimator:

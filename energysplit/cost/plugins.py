@@ -17,6 +17,8 @@ import os
 import warnings
 from pathlib import Path
 
+from .estimator import ESTIMATORS, TARGETS, Estimator, Target
+
 ESTIMATOR_GROUP = "energysplit.estimators"
 TARGET_GROUP = "energysplit.targets"
 PLUGIN_ERRORS: list[dict] = []  # {"plugin", "group", "origin", "error"}
@@ -55,8 +57,6 @@ def _fail(plugin: str, group: str, origin: str, exc: BaseException) -> None:
 
 
 def _target_list(obj) -> list:
-    from .estimator import Target
-
     if callable(obj) and not isinstance(obj, type):
         obj = obj()
     items = obj if isinstance(obj, (list, tuple)) else [obj]
@@ -64,8 +64,6 @@ def _target_list(obj) -> list:
 
 
 def _load_estimator(ep, origin: str) -> None:
-    from .estimator import ESTIMATORS, TARGETS, Estimator, Target
-
     cls = ep.load()
     if not (isinstance(cls, type) and issubclass(cls, Estimator)):
         raise TypeError(f"{ep.value} is not an energysplit.cost.estimator.Estimator subclass")
@@ -73,38 +71,33 @@ def _load_estimator(ep, origin: str) -> None:
         raise TypeError(f"{ep.value} declares no unit")
     targets = [Target(n, ep.name, dict(d.get("settings", {})), d.get("description", ""))
                for n, d in (cls.targets or {}).items()]
-    if ep.name in ESTIMATORS._items:
-        raise ValueError(f"estimator {ep.name!r} is already registered (from {ESTIMATORS._origins[ep.name]})")
-    clash = [t.name for t in targets if t.name in TARGETS._items]
+    if ep.name in ESTIMATORS:
+        raise ValueError(f"estimator {ep.name!r} is already registered (from {ESTIMATORS.origin(ep.name)})")
+    clash = [t.name for t in targets if t.name in TARGETS]
     if clash:
-        raise ValueError(f"target {clash[0]!r} is already registered (from {TARGETS._origins[clash[0]]})")
+        raise ValueError(f"target {clash[0]!r} is already registered (from {TARGETS.origin(clash[0])})")
     ESTIMATORS.register(ep.name, cls, origin=origin)
     for t in targets:
         TARGETS.register(t.name, t, origin=origin)
 
 
 def _register_targets(targets, origin: str) -> None:
-    from .estimator import TARGETS
-
     for t in targets:
-        if t.name in TARGETS._items:
-            raise ValueError(f"target {t.name!r} is already registered (from {TARGETS._origins[t.name]})")
+        if t.name in TARGETS:
+            raise ValueError(f"target {t.name!r} is already registered (from {TARGETS.origin(t.name)})")
     for t in targets:
         TARGETS.register(t.name, t, origin=origin)
 
 
 def load_plugins(force: bool = False) -> None:
     """Register every estimator and target plugin once (``force``: forget them and load again)."""
-    from .estimator import ESTIMATORS, TARGETS
-
     if _state["loading"] or (_state["loaded"] and not force):
         return
     _state["loading"] = True
     try:
         if force:
-            for reg in (ESTIMATORS, TARGETS):
-                reg._items.clear()
-                reg._origins.clear()
+            ESTIMATORS.clear()
+            TARGETS.clear()
             PLUGIN_ERRORS.clear()
         for ep in _entry_points(ESTIMATOR_GROUP):
             try:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import MobileNetV2
 
-from . import make_activation, register_model, scale_width
+from ._factory import make_activation, register_model, scale_width
 
 # (output channels, stride) of the depthwise-separable blocks at width 1.0 (Howard et al. Table 1)
 MOBILENET_V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),

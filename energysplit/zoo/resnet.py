@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import make_activation, register_model, scale_width
+from ._factory import make_activation, register_model, scale_width
 
 
 class BasicBlock(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import make_activation, register_model, scale_width
+from ._factory import make_activation, register_model, scale_width
 
 VGG_SMALL = [64, 64, "M", 128, 128, "M", 256, 256, "M"]
 
