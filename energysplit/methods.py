@@ -69,9 +69,9 @@ def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None
 
 
 def _taylor_batches(ctx: MethodContext):
-    from .splitting.growth import _score_batches
+    from .splitting.growth import scoring_batches
 
-    return _score_batches(ctx.data, 64 * ctx.score_batches, 64, ctx.seed)
+    return scoring_batches(ctx.data, 64 * ctx.score_batches, 64, ctx.seed)
 
 
 def _importance(name: str, ctx: MethodContext):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from energysplit.graph.archive import load_model, read_archive, save_model
-from energysplit.errors import EnergySplitError
+from energysplit.errors import EnergySplitError, InputFileError
 from energysplit.graph.trace import build_inventory
 from energysplit.graph.plan import Plan, Remove, Split
 from energysplit.graph.surgery import apply_plan_
@@ -107,7 +107,7 @@ def test_bad_files_raise_one_line_errors(tmp_path, saved):
         with pytest.raises(EnergySplitError, match="not an energysplit model archive") as info:
             load_model(tmp_path / name)
         assert "\n" not in str(info.value)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputFileError, match="no such model archive"):
         read_archive(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="plain data"):
         save_model(model, tmp_path / "x.pt", arch, (1, 28, 28), meta={"bad": object()})

@@ -228,7 +228,7 @@ def _worker(out: Path) -> None:
     from energysplit.splitting.scores import splitting_scores
     from energysplit.cost.estimator import create_target
     from energysplit.graph.trace import build_inventory
-    from energysplit.splitting.growth import GrowConfig, select_splits
+    from energysplit.splitting.growth import GrowConfig, plan_step
     from energysplit.graph.plan import Plan
     from energysplit.graph.surgery import apply_plan_
     from energysplit.training.loop import evaluate, train
@@ -253,7 +253,7 @@ def _worker(out: Path) -> None:
     res["eval"] = (ev.accuracy, ev.loss, ev.samples)
     flops = create_target("flops")
     marginal = flops.marginal_costs(model, inventory, data.input_shape)
-    ops, _ = select_splits(scores, {g: marginal[g].add for g in scores},
+    ops, _ = plan_step(scores, {g: marginal[g].add for g in scores},
                            0.2 * flops.predict(model, data.input_shape).total, GrowConfig(), inventory.widths())
     apply_plan_(model, inventory, Plan(ops))
     train(model, data.train, STEP)  # a DDP fine-tune step on the grown model

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from energysplit.errors import ConfigError
 from energysplit.zoo import MODELS, create_model, list_models, scale_width
 
 
@@ -30,7 +31,7 @@ def test_activation_choice_and_stem():
     kinds = {type(m).__name__ for m in model.modules()}
     assert "SiLU" in kinds and "ReLU6" not in kinds
     assert model.features[0][0].in_channels == 3 and model.features[0][0].stride == (1, 1)
-    with pytest.raises(ValueError, match="unknown activation"):
+    with pytest.raises(ConfigError, match="unknown activation"):
         create_model("vgg_small", act="nope")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._registry import Registry
+from ..errors import ConfigError
 
 UNITS = {"MACs": "multiply-accumulates", "FLOPs": "floating-point operations", "ms": "milliseconds",
          "mJ": "millijoules", "J": "joules", "us": "microseconds"}
@@ -210,17 +211,17 @@ class Target:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError("a target needs a non-empty string name")
+            raise ConfigError("a target needs a non-empty string name")
         if not isinstance(self.estimator, str) or not self.estimator:
-            raise ValueError(f"target {self.name!r} needs an estimator name")
+            raise ConfigError(f"target {self.name!r} needs an estimator name")
         if not isinstance(self.settings, dict):
-            raise ValueError(f"target {self.name!r}: settings must be a dict")
+            raise ConfigError(f"target {self.name!r}: settings must be a dict")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Target":
         unknown = set(d) - {"name", "estimator", "settings", "description", "unit"}
         if unknown:
-            raise ValueError(f"unknown target fields {sorted(unknown)}")
+            raise ConfigError(f"unknown target fields {sorted(unknown)}")
         return cls(d.get("name", ""), d.get("estimator", ""), dict(d.get("settings") or {}),
                    d.get("description", ""))
 

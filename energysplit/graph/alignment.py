@@ -10,6 +10,8 @@ until the group changes.
 """
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 
 def first_block(width: int, multiple: int, grow: bool) -> int:
     """Channels to add (``grow``) or remove to reach the next aligned width from ``width``."""
@@ -23,7 +25,7 @@ def blocks(items: list, width: int, multiple: int, grow: bool) -> list[list]:
     """Cut ``items`` (ordered: first = first to split or remove) into aligned blocks; an incomplete tail
     is dropped. With ``multiple = 1`` every item is its own block."""
     if multiple < 1:
-        raise ValueError(f"channel multiple must be >= 1, got {multiple}")
+        raise ConfigError(f"channel multiple must be >= 1, got {multiple}")
     out, start, size = [], 0, first_block(width, multiple, grow)
     while start + size <= len(items):
         out.append(items[start:start + size])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import EnergySplitError
+from ..errors import ConfigError, EnergySplitError, InputFileError
 
 MAGIC = "energysplit-model"
 VERSION = 1
@@ -42,10 +42,10 @@ def normalise_arch(arch: dict | str) -> dict:
     if isinstance(arch, str):
         arch = {"name": arch}
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not arch["name"]:
-        raise ValueError(f"arch must be a model name or a dict with a 'name' string, got {arch!r}")
+        raise ConfigError(f"arch must be a model name or a dict with a 'name' string, got {arch!r}")
     extra = set(arch) - {"name", "kwargs"}
     if extra:
-        raise ValueError(f"arch has unknown keys {sorted(extra)}; use 'name' and 'kwargs'")
+        raise ConfigError(f"arch has unknown keys {sorted(extra)}; use 'name' and 'kwargs'")
     kwargs = dict(arch.get("kwargs") or {})
     _check_plain(kwargs, "arch kwargs")
     return {"name": arch["name"], "kwargs": kwargs}
@@ -126,7 +126,7 @@ def read_archive(path: str | Path) -> dict:
     """The archive's record (weights_only load); a one-line EnergySplitError if it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such model archive: {path}")
+        raise InputFileError(f"no such model archive: {path}")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

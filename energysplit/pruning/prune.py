@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import BudgetError
+from ..errors import BudgetError, ConfigError
 from ..graph.inventory import Inventory
 from ..graph.plan import Plan, Remove
 from ..graph.surgery import apply_plan_
@@ -29,9 +29,9 @@ class PruneConfig:
 
     def __post_init__(self):
         if not 0 <= self.min_fraction <= 1 or self.min_channels < 1:
-            raise ValueError("min_fraction must be in [0, 1] and min_channels >= 1")
+            raise ConfigError("min_fraction must be in [0, 1] and min_channels >= 1")
         if self.channel_multiple < 1:
-            raise ValueError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
+            raise ConfigError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torch import nn
 
 from .curvature import CurvatureConfig
 from ..training.data import DataSplits
-from ..errors import BudgetError
+from ..errors import BudgetError, ConfigError
 from ..graph.inventory import Inventory
 from .._io import atomic_write_json
 from ..graph.plan import Plan
@@ -55,13 +55,13 @@ class GrowConfig:
 
     def __post_init__(self):
         if self.step_growth <= 1.0:
-            raise ValueError(f"step_growth must be > 1, got {self.step_growth}")
+            raise ConfigError(f"step_growth must be > 1, got {self.step_growth}")
         if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
         if self.score_samples < 1 or self.max_steps < 1 or self.channel_multiple < 1:
-            raise ValueError("score_samples, max_steps and channel_multiple must be >= 1")
+            raise ConfigError("score_samples, max_steps and channel_multiple must be >= 1")
         if self.overselect < 1:
-            raise ValueError(f"overselect must be >= 1, got {self.overselect}")
+            raise ConfigError(f"overselect must be >= 1, got {self.overselect}")
 
 
 @dataclass
@@ -91,7 +91,8 @@ class GrowResult:
     stop_reason: str = ""
 
 
-def _score_batches(data: DataSplits, samples: int, batch_size: int, seed: int) -> list:
+def scoring_batches(data: DataSplits, samples: int, batch_size: int, seed: int) -> list:
+    """``samples`` training images drawn with ``seed``, as minibatches (what one step scores on)."""
     gen = torch.Generator().manual_seed(seed)
     n = min(samples, len(data.train))
     idx = torch.randperm(len(data.train), generator=gen)[:n].tolist()
@@ -165,11 +166,8 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
          inventory: Inventory | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
          log: Callable[[str], None] = print) -> GrowResult:
     """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget``."""
-    from .scores import splitting_scores
-    from ..cost.estimator import marginal_costs_of
     from ..graph.trace import build_inventory
-    from ..graph.surgery import apply_plan_
-    from ..training.distributed import check_in_sync, main_only, rank_zero_estimator
+    from ..training.distributed import main_only, rank_zero_estimator
 
     estimator, log = rank_zero_estimator(estimator), main_only(log)  # both unchanged in a single process
     input_shape = data.input_shape
@@ -186,46 +184,19 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
                           "shrink the seed further")
     stop = "done" if phase == "final" else ""
     while phase == "grow" and len(steps) < config.max_steps:
-        step = len(steps) + 1
         step_limit = min(budget, cost * config.step_growth)
         if step_limit - cost <= config.min_step_fraction * cost * (config.step_growth - 1):
             stop = "budget reached (what is left is under min_step_fraction of a step)"
             break
-        t0 = time.perf_counter()
-        batches = _score_batches(data, config.score_samples, 64, config.seed * 1000 + step)
-        seed_everything(config.seed * 1000 + step)
-        solver_config = None
-        if config.solver == "fast":
-            from .fast import FastConfig
-
-            solver_config = FastConfig(progress=config.finetune.progress)
-        scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config)
-        t1 = time.perf_counter()
-        marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
-        costs = {gid: marginal[gid].add for gid in scores}
-        ops, sizes = select_splits(scores, costs, config.overselect * (step_limit - cost), config, inventory.widths())
-        ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
-        t2 = time.perf_counter()
-        if not ops:
+        inventory, record = _split_step(model, data, estimator, inventory, config, len(steps) + 1, cost, step_limit)
+        if record is None:
             stop = "no neuron with a negative splitting index fits the remaining budget"
             break
-        lambdas = [float(scores[op.group].eigvals[op.channel]) for op in ops]
-        inventory = apply_plan_(model, inventory, Plan(ops))
-        new_cost = estimator.predict(model, input_shape).total
-        ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
-        result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
-        check_in_sync(model, f"growth step {step}")
-        per_group: dict[str, int] = {}
-        for op in ops:
-            per_group[op.group] = per_group.get(op.group, 0) + 1
-        record = StepRecord(step, cost, new_cost, unit, step_limit - cost, len(ops), per_group,
-                            0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
-                            t1 - t0, t2 - t1, result.seconds)
         steps.append(record)
-        log(f"step {step}: split {len(ops)} neurons in {len(per_group)} groups, cost {cost:.4g} -> "
-            f"{new_cost:.4g} {unit} (budget {budget:.4g}), val acc {result.val_accuracy:.4f}, "
-            f"scoring {t1 - t0:.1f} s, training {result.seconds:.1f} s")
-        cost = new_cost
+        log(f"step {record.step}: split {record.neurons_split} neurons in {len(record.split_per_group)} groups, "
+            f"cost {cost:.4g} -> {record.cost_after:.4g} {unit} (budget {budget:.4g}), val acc "
+            f"{record.val_accuracy:.4f}, scoring {record.score_seconds:.1f} s, training {record.train_seconds:.1f} s")
+        cost = record.cost_after
         if checkpoint is not None:
             checkpoint.save(model, steps, "grow")
     else:
@@ -241,6 +212,43 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
 
 
+def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config: GrowConfig, step: int,
+                cost: float, step_limit: float) -> tuple[Inventory, StepRecord | None]:
+    """One growth step in place: score, select under ``step_limit``, split, fine-tune (None: nothing fits)."""
+    from ..cost.estimator import marginal_costs_of
+    from ..graph.surgery import apply_plan_
+    from ..training.distributed import check_in_sync
+    from .fast import FastConfig
+    from .scores import splitting_scores
+
+    input_shape = data.input_shape
+    t0 = time.perf_counter()
+    batches = scoring_batches(data, config.score_samples, 64, config.seed * 1000 + step)
+    seed_everything(config.seed * 1000 + step)
+    solver_config = FastConfig(progress=config.finetune.progress) if config.solver == "fast" else None
+    scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config)
+    t1 = time.perf_counter()
+    marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
+    costs = {gid: marginal[gid].add for gid in scores}
+    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, inventory.widths())
+    ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
+    t2 = time.perf_counter()
+    if not ops:
+        return inventory, None
+    lambdas = [float(scores[op.group].eigvals[op.channel]) for op in ops]
+    inventory = apply_plan_(model, inventory, Plan(ops))
+    new_cost = estimator.predict(model, input_shape).total
+    ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
+    result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
+    check_in_sync(model, f"growth step {step}")
+    per_group: dict[str, int] = {}
+    for op in ops:
+        per_group[op.group] = per_group.get(op.group, 0) + 1
+    return inventory, StepRecord(step, cost, new_cost, estimator.unit, step_limit - cost, len(ops), per_group,
+                                 0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
+                                 t1 - t0, t2 - t1, result.seconds)
+
+
 def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
     """Step ``step``'s part of ``config.finetune.span`` (steps past the plan stay at its end)."""
     start, end = config.finetune.span
@@ -252,13 +260,14 @@ def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
     return start + (end - start) * (step - 1) / n, start + (end - start) * step / n
 
 
-def select_splits(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
-                  widths: dict[str, int]) -> tuple[list, list[int]]:
-    """Split ops chosen under ``step_budget``, best (most negative lambda per unit cost) block first,
-    and the block sizes (all 1 without a channel multiple)."""
-    from .selection import select_splits as select
+def plan_step(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
+              widths: dict[str, int]) -> tuple[list, list[int]]:
+    """One growth step's split ops under ``step_budget`` (:func:`~.selection.select_splits` with the
+    growth config), best (most negative lambda per unit cost) block first, and the block sizes (all 1
+    without a channel multiple)."""
+    from .selection import select_splits
 
-    selection = select(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold,
+    selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold,
                        multiple=config.channel_multiple, widths=widths)
     selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
     return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..errors import BudgetError
+from ..errors import BudgetError, ConfigError
 from ..graph.plan import Plan, Split
 from .._registry import Registry
 
@@ -165,19 +165,19 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
     if not (isinstance(budget, (int, float)) and math.isfinite(budget)) or budget < 0:
         raise BudgetError(f"step budget must be a finite number >= 0, got {budget!r}")
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
     if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise ConfigError(f"eps must be >= 0, got {eps}")
     caps = dict(caps or {})
     if any(int(v) < 0 for v in caps.values()):
-        raise ValueError("caps must be >= 0")
+        raise ConfigError("caps must be >= 0")
     pool = candidates(scores, costs)
     if multiple > 1:
         if widths is None:
             raise ValueError("select_splits(multiple > 1) needs the current group widths")
         pool = aligned_blocks(pool, widths, multiple)
     elif multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
+        raise ConfigError(f"multiple must be >= 1, got {multiple}")
     chosen, lp_value = SELECTORS.get(method)(pool, float(budget), caps, threshold)
     if multiple > 1:
         chosen = _first_blocks(chosen, pool)
