@@ -51,18 +51,14 @@ def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "
     return train(model, ctx.data.train, replace(ctx.train, epochs=epochs, seed=ctx.seed), val=ctx.data.val, desc=desc)
 
 
-def _prune(model, ctx: MethodContext, importance_fn, budget: float | None = None, best_effort: bool = False):
-    from .graph.trace import build_inventory
-    from .pruning.prune import PruneConfig, prune_to_budget_
-
-    inventory = build_inventory(model, ctx.input_shape)
-    scores = importance_fn(model, inventory)
-    from .pruning.importance import normalise_per_group
+def _prune(model, ctx: MethodContext, criterion: str, budget: float | None = None, best_effort: bool = False):
+    from .pruning.prune import PruneConfig, prune_
 
     cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,
                       channel_multiple=ctx.channel_multiple, best_effort=best_effort)
-    _, result = prune_to_budget_(model, inventory, ctx.estimator, ctx.budget if budget is None else budget,
-                                 ctx.input_shape, normalise_per_group(scores), cfg)
+    batches = _taylor_batches(ctx) if criterion == "taylor" else None
+    result = prune_(model, ctx.estimator, ctx.budget if budget is None else budget, ctx.input_shape, criterion,
+                    batches, cfg, ctx.seed)
     ctx.log(f"pruned {sum(result.removed.values())} channels in {result.rounds} rounds: "
             f"{result.start_cost:.4g} -> {result.final_cost:.4g} {result.unit}")
     return result
@@ -74,23 +70,9 @@ def _taylor_batches(ctx: MethodContext):
     return scoring_batches(ctx.data, 64 * ctx.score_batches, 64, ctx.seed)
 
 
-def _importance(name: str, ctx: MethodContext):
-    from .pruning import importance as imp
-
-    if name == "l1":
-        return imp.l1_importance
-    if name == "random":
-        return lambda m, inv: imp.random_importance(m, inv, ctx.seed)
-    if name == "taylor":
-        return lambda m, inv: imp.taylor_importance(m, inv, _taylor_batches(ctx))
-    if name == "slimming":
-        return imp.slimming_importance
-    raise KeyError(name)
-
-
 def _register_pruner(name: str, doc: str):
     def method(model: nn.Module, ctx: MethodContext) -> nn.Module:
-        _prune(model, ctx, _importance(name, ctx))
+        _prune(model, ctx, name)
         _finetune(model, ctx, ctx.train.epochs)
         return model
 
@@ -115,7 +97,7 @@ def slimming(model: nn.Module, ctx: MethodContext) -> nn.Module:
     if sparse_epochs > 0:
         train(model, ctx.data.train, replace(ctx.train, epochs=sparse_epochs, seed=ctx.seed), desc="sparsity training",
               penalty=slimming_penalty(model, inventory))
-    _prune(model, ctx, _importance("slimming", ctx))
+    _prune(model, ctx, "slimming")
     _finetune(model, ctx, ctx.train.epochs - sparse_epochs)
     return model
 
@@ -207,7 +189,7 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     if not resumed:
         # the seed's budget can lie below the cheapest model pruning reaches (a latency target's fixed
         # overhead): seed there then, if that is still under the budget, and let the growth do less
-        seed_cost = _prune(model, ctx, _importance(seed_method, ctx), budget=seed_budget, best_effort=True).final_cost
+        seed_cost = _prune(model, ctx, seed_method, budget=seed_budget, best_effort=True).final_cost
         if seed_cost > ctx.budget:
             raise BudgetError(f"budget {ctx.budget:.4g} {ctx.estimator.unit} is unreachable by pruning: the cheapest "
                               f"seed costs {seed_cost:.4g} {ctx.estimator.unit}; raise the budget or lower the "

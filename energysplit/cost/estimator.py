@@ -253,16 +253,17 @@ def target_info(name: str) -> dict:
             "settings": dict(target.settings), "description": target.description}
 
 
-def _resolve(target) -> Estimator:
+def resolve_estimator(target: str | Estimator) -> Estimator:
+    """An Estimator as it is, or the one a target name binds."""
     return target if isinstance(target, Estimator) else create_target(target)
 
 
 def estimate(model, input_shape, target: str | Estimator = "flops") -> CostReport:
     """Cost of ``model`` on inputs of shape ``input_shape`` (C, H, W) for a target name or estimator."""
-    return _resolve(target).estimate(model, tuple(input_shape))
+    return resolve_estimator(target).estimate(model, tuple(input_shape))
 
 
 def marginal_costs(model, inventory, input_shape, target: str | Estimator = "flops",
                    multiple: int = 1) -> dict[str, MarginalCost]:
     """Per neuron group: cost of one more channel (split cost T_i) and saving of one fewer."""
-    return marginal_costs_of(_resolve(target), model, inventory, tuple(input_shape), multiple)
+    return marginal_costs_of(resolve_estimator(target), model, inventory, tuple(input_shape), multiple)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._device import on_compute_device
+from ..errors import ConfigError
 from ..graph.inventory import Group, Inventory
 
 
@@ -108,3 +109,22 @@ def normalise_per_group(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     """Divide each group's scores by their mean so that groups compete on a common scale
     (the "mean" group normalisation used by Torch-Pruning's global ranking)."""
     return {k: v / v.mean().clamp_min(1e-12) for k, v in scores.items()}
+
+
+def channel_importance(criterion: str, model: nn.Module, inventory: Inventory, batches=None,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per-channel importance of every prunable group by a named criterion (``CRITERIA``; ``taylor``
+    needs ``batches`` of training data, ``random`` uses ``seed``)."""
+    if criterion == "taylor":
+        if batches is None:
+            raise ConfigError("Taylor importance needs batches of training data")
+        return taylor_importance(model, inventory, batches)
+    if criterion == "random":
+        return random_importance(model, inventory, seed)
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown importance criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
+    return CRITERIA[criterion](model, inventory)
+
+
+CRITERIA = {"l1": l1_importance, "slimming": slimming_importance, "taylor": taylor_importance,
+            "random": random_importance}

@@ -108,3 +108,18 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
             removed[gid] = removed.get(gid, 0) + len(chs)
         cost = estimator.predict(model, input_shape).total
     return inventory, PruneResult(start, cost, budget, estimator.unit, removed, rounds)
+
+
+def prune_(model: nn.Module, target, budget: float, input_shape, criterion: str = "l1", batches=None,
+           config: PruneConfig = PruneConfig(), seed: int = 0) -> PruneResult:
+    """Prune ``model`` in place to ``budget`` (in the unit of ``target``, a name or an Estimator) by a
+    named importance criterion (:data:`~.importance.CRITERIA`; ``taylor`` needs ``batches``), ranking
+    channels globally with per-group normalised scores: the pruning baselines' own path."""
+    from ..cost.estimator import resolve_estimator
+    from ..graph.trace import build_inventory
+    from .importance import channel_importance, normalise_per_group
+
+    estimator = resolve_estimator(target)
+    inventory = build_inventory(model, input_shape)
+    scores = normalise_per_group(channel_importance(criterion, model, inventory, batches, seed))
+    return prune_to_budget_(model, inventory, estimator, budget, input_shape, scores, config)[1]
