@@ -105,3 +105,34 @@ def test_no_module_imports_another_modules_private_names():
 def test_modules_stay_small(name):
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines (> {MAX_LINES}): split it by concept"
+
+
+# The pipeline's order: a package may import from packages on earlier levels (and from itself), never from a
+# later level or from another package on its own level.
+LEVELS = [
+    {"errors"},
+    {"energysplit", "_registry", "_io", "_device"},  # infrastructure (the package __init__ imports nothing eagerly)
+    {"zoo"},
+    {"graph"},
+    {"cost"},
+    {"energysplit_estimators"},  # the built-in plugins: they implement cost's protocol
+    {"training"},
+    {"pruning", "splitting"},
+    {"methods"},
+    {"pipeline"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[0] if parts[0] != "energysplit" or len(parts) == 1 else parts[1]
+
+
+def test_imports_follow_the_pipeline():
+    level = {name: i for i, names in enumerate(LEVELS) for name in names}
+    assert set(map(_package, MODULES)) <= set(level), "every package has a level in LEVELS"
+    offenders = sorted(f"{a} imports {b}" for a, edges in _graph().items() for b in edges
+                       if _package(a) != _package(b) and level[_package(b)] >= level[_package(a)])
+    assert not offenders, "\n".join(offenders)
