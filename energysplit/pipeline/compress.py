@@ -1,8 +1,9 @@
 """``energysplit compress``: a trained model + data + target + budget -> a smaller model and a report.
 
 Every input is checked before anything is written (target, method, data, output directory, model file,
-architecture, budget); a failure then leaves the file system as it was. Work in progress lives in
-``DIR/.work`` (atomic checkpoints: the demo's trained base model, the growth steps), so a run killed at
+architecture, budget); a failure then leaves the file system as it was, and so does an error found later
+(the user's or a bug): what the run created is removed. Work in progress lives in ``DIR/.work`` (atomic
+checkpoints: the demo's trained base model, the growth steps), so a run interrupted (Ctrl-C) or killed at
 any point continues with ``resume=True`` from its last completed step and ends with the same result as
 an uninterrupted run with the same seed. The outputs (:mod:`energysplit.pipeline.report`) appear at the end.
 """
@@ -15,13 +16,14 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..cost.budget import DEFAULT_BUDGET
-from ..errors import USER_ERRORS, BudgetError, EnergySplitError
+from ..errors import BudgetError, ConfigError, EnergySplitError, InputFileError
 from .._io import atomic_write_json
+
+if TYPE_CHECKING:  # annotations only: the CLI reads the defaults below without importing torch
+    from torch import nn
 
 # the built-in default job (``energysplit compress --demo``): train MobileNetV2 x0.5 on Fashion-MNIST, halve
 # its energy on the mobile target; a few minutes on two CPU cores
@@ -62,16 +64,22 @@ class CompressConfig:
     def __post_init__(self):
         object.__setattr__(self, "budget", str(self.budget))
         object.__setattr__(self, "report_targets", tuple(self.report_targets))
+        for f in fields(self):  # a config file can hold any JSON value
+            value, (kind, _, optional) = getattr(self, f.name), f.type.partition(" | ")
+            types = {"float": (int, float), "int": int, "str": str, "bool": bool}.get(kind, object)
+            if not (value is None and optional or isinstance(value, types)
+                    and not (isinstance(value, bool) and kind in ("int", "float"))):
+                raise ConfigError(f"{f.name} must be {f.type}, got {value!r}")
         if self.epochs < 0 or self.base_epochs < 0:
-            raise ValueError("--epochs and --base-epochs must be >= 0")
+            raise ConfigError("--epochs and --base-epochs must be >= 0")
         if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("--lr must be > 0 and --batch-size >= 1")
+            raise ConfigError("--lr must be > 0 and --batch-size >= 1")
         if self.channel_multiple is not None and self.channel_multiple < 1:
-            raise ValueError("--channel-multiple must be >= 1")
+            raise ConfigError("--channel-multiple must be >= 1")
         if self.subset is not None and self.subset < 1:
-            raise ValueError("--subset must be >= 1")
+            raise ConfigError("--subset must be >= 1")
         if self.width is not None and self.width <= 0:
-            raise ValueError("--width must be > 0")
+            raise ConfigError("--width must be > 0")
 
     @classmethod
     def resolve(cls, *layers: dict) -> "CompressConfig":
@@ -92,14 +100,14 @@ def read_config_file(path: str) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise EnergySplitError(f"cannot read config file {path}: {exc}") from None
+        raise InputFileError(f"cannot read config file {path}: {exc}") from exc
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and "command" in data:
         data = data["config"]  # a saved config.json
     if not isinstance(data, dict):
-        raise EnergySplitError(f"config file {path} must hold a JSON object of options")
+        raise ConfigError(f"config file {path} must hold a JSON object of options")
     unknown = set(data) - {f.name for f in fields(CompressConfig)}
     if unknown:
-        raise EnergySplitError(f"config file {path} has unknown keys {sorted(unknown)}")
+        raise ConfigError(f"config file {path} has unknown keys {sorted(unknown)}")
     return {k: v for k, v in data.items() if k not in RUN_KEYS}
 
 
@@ -123,10 +131,10 @@ def check_out(config: CompressConfig) -> Path:
     """The output directory, if this run may use it (nothing is changed here)."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a directory")
+        raise InputFileError(f"--out {out} is a file, not a directory")
     if config.resume:
         if not (out / ".work").is_dir():
-            raise EnergySplitError(f"nothing to resume in {out} (no interrupted run there); run without --resume")
+            raise InputFileError(f"nothing to resume in {out} (no interrupted run there); run without --resume")
         saved = out / ".work" / "config.json"
         if saved.exists():
             before = json.loads(saved.read_text())
@@ -134,13 +142,13 @@ def check_out(config: CompressConfig) -> Path:
             diff = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                     if before.get(k) != now.get(k)]
             if diff:
-                raise EnergySplitError(f"--resume with other options than the interrupted run ({'; '.join(diff)}); "
+                raise ConfigError(f"--resume with other options than the interrupted run ({'; '.join(diff)}); "
                                        "repeat its options or run without --resume")
         return out
     existing = [f for f in RESULT_FILES if (out / f).exists()]
     if existing and not config.force:
-        raise FileExistsError(f"{out} already holds results ({', '.join(existing)}); pass --force to overwrite "
-                              "or choose another --out")
+        raise InputFileError(f"{out} already holds results ({', '.join(existing)}); pass --force to overwrite "
+                             "or choose another --out")
     return out
 
 
@@ -153,12 +161,11 @@ def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
 
 
 def _compress(config: CompressConfig, command: str, log) -> dict:
-    from ..training.data import load_dataset
     from ..cost.estimator import TARGETS, create_target
     from ..methods import METHODS, MethodContext
     from ..graph.archive import build_model
     from ..cost.budget import check_budget, parse_budget
-    from .inputs import arch_spec, check_model, load_input_model
+    from .inputs import arch_spec, check_model, load_data, load_input_model
     from ..training.loop import TrainConfig, seed_everything
     from ..training.distributed import barrier, broadcast_object, check_in_sync, is_main, main_only, rank_zero_estimator
 
@@ -171,10 +178,8 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
     try:  # needed for the ONNX check at the end: fail now, and import it while an interrupt loses nothing
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise EnergySplitError(f"the ONNX check needs onnxruntime ({exc}): pip install onnxruntime") from None
-    data = load_dataset(config.data, data_dir=config.data_dir) if config.data == "fashion-mnist" else load_dataset(config.data)
-    if config.subset:
-        data = data.subset(train=config.subset, val=max(500, config.subset // 10))
+        raise EnergySplitError(f"the ONNX check needs onnxruntime ({exc}): pip install onnxruntime") from exc
+    data = load_data(config.data, config.data_dir, config.subset)
     out = check_out(config)
     seed_everything(config.seed)
     if config.model:
@@ -190,7 +195,8 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
     budget = parse_budget(config.budget, target.unit, cost)
     base_cost = check_budget(model, target, budget, data.input_shape, config.target)
 
-    # from here on files are written; a failure removes what this run created, an interrupt keeps .work
+    # from here on files are written; an error (the user's or a bug) removes what this run created, an
+    # interrupt keeps .work for --resume
     work, created = out / ".work", not out.exists()
     try:
         if not config.resume and is_main():
@@ -243,9 +249,9 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
     except BaseException as exc:
         if is_main():
             shutil.rmtree(out / ".staging", ignore_errors=True)
-        if isinstance(exc, USER_ERRORS) and not config.resume and is_main():  # an input error found late: leave nothing
+        if isinstance(exc, Exception) and not config.resume and is_main():  # an error, found late: leave nothing
             shutil.rmtree(out if created else work, ignore_errors=True)
-        raise  # an interrupt or a crash keeps .work for --resume
+        raise  # an interrupt (Ctrl-C) keeps .work for --resume
     if is_main():
         shutil.rmtree(work, ignore_errors=True)
     return report
