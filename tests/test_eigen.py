@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from energysplit.splitting.curvature import CurvatureConfig
-from energysplit.splitting.scores import evaluating, splitting_scores
+from energysplit.splitting.scores import splitting_scores
+from energysplit.splitting.solver import evaluating
 from energysplit.errors import EnergySplitError, UnsupportedModelError
 from energysplit.splitting.exact import ExactConfig, splitting_matrices
 from energysplit.graph.inventory import ChainOp, Consumer, Group, Inventory

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from energysplit.splitting.scores import evaluating, splitting_scores
+from energysplit.splitting.scores import splitting_scores
+from energysplit.splitting.solver import evaluating
 from energysplit.splitting.exact import splitting_matrices
 from energysplit.splitting.fast import FastConfig
 from test_eigen import DwNet, Mlp, dw_inventory, make, mlp_data, mlp_inventory, trained_on_digits

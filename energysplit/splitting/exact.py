@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from .curvature import CurvatureConfig
-from .scores import SOLVERS, ChainTracker, GroupScores, derivative_pair, iterate_batches, model_device
-from ..errors import EnergySplitError, UnsupportedModelError
+from .._device import full_float32
+from ..errors import ConfigError, EnergySplitError, UnsupportedModelError
 from ..graph.inventory import Group
 from .chains import ChainTaps, Step, bn_scale
+from .solver import SOLVERS, ChainTracker, GroupScores, derivative_pair, iterate_batches
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ExactConfig:
 
     def __post_init__(self):
         if self.memory_limit <= 0 or self.batch_size < 1 or self.chunk_elements < 1:
-            raise ValueError("ExactConfig values must be positive")
+            raise ConfigError("ExactConfig values must be positive")
 
 
 class CaptureTracker(ChainTracker):
@@ -178,12 +179,13 @@ def _chunk(t, X, ks, ns, gbar, d1, d2, C) -> Tensor:
 def splitting_matrices(model, batches, groups: list[Group], curvature: CurvatureConfig = CurvatureConfig(),
                        config: ExactConfig | None = None, loss_fn=None) -> dict[str, Tensor]:
     """S (width, d, d) for each group: the mean over all samples, symmetrised. The model must already be in
-    eval mode (use :func:`energysplit.splitting_scores`, or :func:`energysplit.splitting.scores.evaluating`)."""
+    eval mode (use :func:`energysplit.splitting_scores`, or :func:`energysplit.splitting.solver.evaluating`)."""
     config = config or ExactConfig()
     if not isinstance(config, ExactConfig):
         raise TypeError(f"the exact solver takes an ExactConfig, got {type(config).__name__}")
     loss_fn = loss_fn or nn.functional.cross_entropy
-    device, dtype = model_device(model)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     trackers = [CaptureTracker(g, model, curvature) for g in groups]
     sizes = {t.group.id: (t.producer.weight.shape[0], t.producer.weight[0].numel()) for t in trackers}
     need = sum(c * d * d for c, d in sizes.values()) * torch.finfo(dtype).bits // 8
@@ -214,8 +216,6 @@ def splitting_matrices(model, batches, groups: list[Group], curvature: Curvature
 @SOLVERS.register("exact")
 def exact_scores(model, batches, groups: list[Group], curvature: CurvatureConfig, config, loss_fn) -> dict:
     """Smallest eigenpair of each exact S (``torch.linalg.eigh``), in full float32 (no TF32) on a GPU."""
-    from .._device import full_float32
-
     out = {}
     with full_float32():
         matrices = splitting_matrices(model, batches, groups, curvature, config, loss_fn)

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .curvature import CurvatureConfig
-from .scores import SOLVERS, GroupScores, iterate_batches, num_batches
 from ..graph.inventory import Group
-from .jets import AdjointJet, TermJet
 from .chains import ChainTaps
+from .curvature import CurvatureConfig
+from .jets import AdjointJet, TermJet
+from .solver import SOLVERS, GroupScores, iterate_batches, num_batches
 
 JETS = {"adjoint": AdjointJet, "term": TermJet}
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .curvature import CurvatureConfig
-from .scores import ChainTracker, derivative_pair
 from ..graph.inventory import Group
 from .chains import Step, apply_linear, bn_scale
+from .curvature import CurvatureConfig
+from .solver import ChainTracker, derivative_pair
 
 
 class TermJet(ChainTracker):
