@@ -15,33 +15,37 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .errors import EnergySplitError
+from .errors import ConfigError
 
 _current = torch.device("cpu")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` -> a torch device."""
-    from .training.distributed import device as process_device
-
     text = str(name).strip().lower()
     if text == "auto":
         return process_device()
     try:
         dev = torch.device(text)
-    except RuntimeError:
-        raise EnergySplitError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type != "cuda":
-        raise EnergySplitError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise EnergySplitError(f"device {name!r} asked for, but this torch sees no CUDA GPU: use --device cpu")
+        raise ConfigError(f"device {name!r} asked for, but this torch sees no CUDA GPU: use --device cpu")
     if dev.index is None:
         return process_device()
     if dev.index >= torch.cuda.device_count():
-        raise EnergySplitError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
+
+
+def process_device() -> torch.device:
+    """This process's default device: its current CUDA device when CUDA is available (``cuda:LOCAL_RANK``
+    under torchrun, see :func:`energysplit.training.distributed.init_distributed`), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def compute_device() -> torch.device:

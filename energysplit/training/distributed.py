@@ -77,11 +77,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """This process's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
