@@ -1,36 +1,25 @@
-"""Per-layer specs captured by one forward pass, and how adding or removing a channel changes them.
+"""Per-layer specs of a model for the cost model, and how adding or removing a channel changes them.
 
-:func:`capture_layers` runs the model once (eval mode, batch 1) with forward hooks on leaf modules and
-a ``TorchFunctionMode`` for functional ops between modules (residual adds, ``torch.flatten``...). Each
-:class:`LayerSpec` records the op's configuration (channels, kernel, stride, groups) and shapes, and
-``owners``: the conv/linear producers whose output channels its output carries (through BN, activations,
-depthwise convs, pools, adds). :func:`resize_specs` uses the owners to apply "one more channel in
-group g" to the specs, so layer-wise estimators compute marginal costs from the same formula as totals.
+:func:`capture_layers` reads them off the one torch.fx trace (:func:`energysplit.graph.trace.trace_model`,
+lenient: an op whose channels cannot be mapped is still listed). Each :class:`LayerSpec` records the op's
+configuration (channels, kernel, stride, groups) and shapes (batch 1), its kind from the op table
+(:mod:`energysplit.graph.ops`; ``other`` when the cost model has no formula: reported as unsupported,
+never a silent zero) and ``owners``: the producers of the inventory groups whose channels its output
+carries. :func:`resize_specs` uses the owners to apply "one more channel in group g" to the specs, so
+layer-wise estimators compute marginal costs from the same formula as totals.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch import fx, nn
 
-ACT_TYPES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish",
-             nn.GELU: "gelu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid",
-             nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.Softplus: "softplus", nn.Hardtanh: "hardtanh"}
-POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-              nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
-PASS_TYPES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
-# functional ops between modules, by function name
-ACT_FUNCS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "hardtanh", "silu": "silu",
-             "hardswish": "hardswish", "gelu": "gelu", "sigmoid": "sigmoid", "tanh": "tanh"}
-ADD_FUNCS = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "__sub__", "mul", "__mul__",
-             "__imul__", "__rmul__"}
-POOL_FUNCS = {"adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "adaptive_max_pool2d", "mean"}
-PASS_FUNCS = {"flatten", "view", "reshape", "contiguous", "dropout", "clone", "detach", "squeeze"}
-CAT_FUNCS = {"cat", "concat"}
+from . import ops
+from .trace import Traced, node_args, shape_of, trace_model
 
 
 @dataclass(frozen=True)
@@ -64,7 +53,7 @@ class LayerSpec:
     @property
     def depthwise(self) -> bool:
         """A depthwise conv: one group per input channel (not a conv with one output channel)."""
-        return _depthwise({"op": self.op, "cin": self.cin, "cout": self.cout, "groups": self.groups})
+        return self.op == "conv" and self.groups > 1 and self.groups == self.cin and self.cout % self.cin == 0
 
     @property
     def out_numel(self) -> int:
@@ -80,141 +69,71 @@ class LayerSpec:
         return d
 
 
-def _module_spec(name: str, mod: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-    base = dict(name=name, type=type(mod).__name__, in_shape=tuple(x.shape), out_shape=tuple(y.shape))
-    if isinstance(mod, (nn.Conv2d, nn.Conv1d)):
-        return dict(base, op="conv", cin=mod.in_channels, cout=mod.out_channels, kernel=tuple(mod.kernel_size),
+def capture_layers(model: nn.Module, input_shape) -> list[LayerSpec]:
+    """The ops of ``model`` on inputs of shape ``(1, *input_shape)``, in forward order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small shapes only: one thread is fastest, and immune to busy cores
+    try:
+        traced = trace_model(model, input_shape, strict=False)
+    finally:
+        torch.set_num_threads(threads)
+    return layer_specs(traced)
+
+
+def layer_specs(traced: Traced) -> list[LayerSpec]:
+    """One spec per call of a module or function with a tensor input and a tensor output."""
+    specs: list[LayerSpec] = []
+    index: dict[fx.Node, int] = {}
+    counts: Counter = Counter()
+    for node in traced.graph.graph.nodes:
+        tensors = [a for a in node_args(node.args) if shape_of(a) is not None]
+        if node.op not in ("call_module", "call_function", "call_method") or not tensors or shape_of(node) is None:
+            continue
+        if node.op == "call_module":
+            fields = _module_fields(traced.modules[node.target], shape_of(tensors[0]))
+            fields.update(name=node.target, type=type(traced.modules[node.target]).__name__)
+        else:
+            op, act = ops.cost_kind(node)
+            fname = ops.function_name(node)
+            fields = dict(name=f"{fname}#{counts[fname]}", type=fname, op=op, act=act)
+            counts[fname] += 1
+        in_owners = frozenset().union(*(traced.owners(a) for a in tensors))
+        spec = LayerSpec(in_shape=_batch1(shape_of(tensors[0])), out_shape=_batch1(shape_of(node)),
+                         repeat=traced.repeat(tensors[0]), inputs=tuple(index.get(a, -1) for a in tensors),
+                         in_owners=in_owners, **fields)
+        producer = spec.op in ("conv", "linear") and not spec.depthwise
+        specs.append(dataclasses.replace(spec, owners=frozenset([spec.name]) if producer else in_owners))
+        index[node] = len(specs) - 1
+    return specs
+
+
+def _batch1(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The trace's shape (batch of 2) for a batch of 1."""
+    return (1, *shape[1:]) if shape else shape
+
+
+def _module_fields(mod: nn.Module, in_shape: tuple[int, ...]) -> dict:
+    """op and configuration of a module call (``other``: the cost model has no formula for it)."""
+    act = ops.module_activation(mod)
+    if isinstance(mod, ops.CONV_MODULES):
+        return dict(op="conv", cin=mod.in_channels, cout=mod.out_channels, kernel=tuple(mod.kernel_size),
                     stride=tuple(mod.stride), padding=tuple(mod.padding) if not isinstance(mod.padding, str)
                     else (), groups=mod.groups, bias=mod.bias is not None)
     if isinstance(mod, nn.Linear):
-        return dict(base, op="linear", cin=mod.in_features, cout=mod.out_features, bias=mod.bias is not None)
-    if isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
-        return dict(base, op="bn", cin=mod.num_features, cout=mod.num_features)
-    if type(mod) in ACT_TYPES:
-        return dict(base, op="act", act=ACT_TYPES[type(mod)])
-    if isinstance(mod, POOL_TYPES):
+        return dict(op="linear", cin=mod.in_features, cout=mod.out_features, bias=mod.bias is not None)
+    if isinstance(mod, ops.BN_MODULES):
+        return dict(op="bn", cin=mod.num_features, cout=mod.num_features)
+    if act is not None:
+        return dict(op="act", act=act)
+    if isinstance(mod, ops.POOL_MODULES):
         if hasattr(mod, "kernel_size"):
-            pair = torch.nn.modules.utils._ntuple(x.dim() - 2)
-            return dict(base, op="pool", kernel=pair(mod.kernel_size), stride=pair(mod.stride or mod.kernel_size),
+            pair = torch.nn.modules.utils._ntuple(len(in_shape) - 2)
+            return dict(op="pool", kernel=pair(mod.kernel_size), stride=pair(mod.stride or mod.kernel_size),
                         padding=pair(mod.padding))
-        return dict(base, op="pool")
-    if isinstance(mod, PASS_TYPES):
-        return dict(base, op="pass")
-    return dict(base, op="other")
-
-
-def _depthwise(spec: dict) -> bool:
-    cin, groups = spec.get("cin", 0), spec.get("groups", 1)
-    return spec["op"] == "conv" and groups > 1 and groups == cin and spec.get("cout", 0) % cin == 0
-
-
-def _func_op(name: str) -> str | None:
-    if name in ACT_FUNCS:
-        return "act"
-    if name in ADD_FUNCS:
-        return "add"
-    if name in POOL_FUNCS:
-        return "pool"
-    if name in PASS_FUNCS:
-        return "pass"
-    if name in CAT_FUNCS:
-        return "concat"
-    return None
-
-
-class _Recorder(TorchFunctionMode):
-    """Records functional ops called outside leaf modules (inside them, the module is the op)."""
-
-    def __init__(self, capture: "_Capture"):
-        super().__init__()
-        self.capture = capture
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self.capture.depth == 0 and isinstance(out, torch.Tensor):
-            tensors = [a for a in _flat(args) if isinstance(a, torch.Tensor)]
-            if tensors:
-                fname = getattr(func, "__name__", str(func))
-                self.capture.add_function(fname, tensors, out)
-        return out
-
-
-def _flat(args):
-    for a in args:
-        if isinstance(a, (list, tuple)):
-            yield from _flat(a)
-        else:
-            yield a
-
-
-class _Capture:
-    def __init__(self):
-        self.specs: list[dict] = []
-        self.source: dict[int, int] = {}  # id(tensor) -> spec index
-        self.keep: list[torch.Tensor] = []  # keeps ids unique during the pass
-        self.depth = 0
-        self.counts: dict[str, int] = {}
-
-    def _inputs(self, tensors) -> tuple[int, ...]:
-        return tuple(self.source.get(id(t), -1) for t in tensors)
-
-    def _owners(self, idx: int) -> frozenset[str]:
-        return self.specs[idx]["owners"] if idx >= 0 else frozenset()
-
-    def _repeat(self, idx: int) -> int:
-        return self.specs[idx]["out_repeat"] if idx >= 0 else 1
-
-    def add(self, spec: dict, tensors, out: torch.Tensor) -> None:
-        inputs = self._inputs(tensors)
-        in_owners = frozenset().union(*(self._owners(i) for i in inputs))
-        spec.update(inputs=inputs, in_owners=in_owners, repeat=self._repeat(inputs[0]) if inputs else 1)
-        x = tensors[0]
-        if spec["op"] in ("conv", "linear") and not _depthwise(spec):
-            owners, out_repeat = frozenset([spec["name"]]), 1
-        else:
-            owners, out_repeat = in_owners, spec["repeat"]
-            if spec["op"] == "pass" and x.dim() > 2 and out.dim() == 2 and out.shape[1] == math.prod(x.shape[1:]):
-                out_repeat = out_repeat * math.prod(x.shape[2:])  # flatten: channels become column blocks
-        spec.update(owners=owners, out_repeat=out_repeat)
-        self.specs.append(spec)
-        self.source[id(out)] = len(self.specs) - 1
-        self.keep.append(out)
-
-    def add_function(self, fname: str, tensors, out: torch.Tensor) -> None:
-        op = _func_op(fname) or "other"
-        k = self.counts[fname] = self.counts.get(fname, -1) + 1
-        spec = dict(name=f"{fname}#{k}", type=fname, op=op, in_shape=tuple(tensors[0].shape),
-                    out_shape=tuple(out.shape), act=ACT_FUNCS.get(fname))
-        self.add(spec, tensors, out)
-
-
-def capture_layers(model: nn.Module, input_shape) -> list[LayerSpec]:
-    """Run ``model`` once on zeros of shape ``(1, *input_shape)`` and return its ops in forward order."""
-    cap = _Capture()
-    leaves = {m: n for n, m in model.named_modules() if not list(m.children()) and n}
-
-    def pre(mod, args):
-        cap.depth += 1
-
-    def post(mod, args, out):
-        cap.depth -= 1
-        if cap.depth == 0 and isinstance(out, torch.Tensor):
-            tensors = [a for a in _flat(args) if isinstance(a, torch.Tensor)]
-            cap.add(_module_spec(leaves[mod], mod, tensors[0], out), tensors, out)
-
-    handles = [m.register_forward_pre_hook(pre) for m in leaves] + [m.register_forward_hook(post) for m in leaves]
-    was_training, threads = model.training, torch.get_num_threads()
-    model.eval()
-    torch.set_num_threads(1)  # batch-1 shapes only: one thread is fastest, and immune to busy cores
-    try:
-        with torch.no_grad(), _Recorder(cap):
-            model(torch.zeros((1, *tuple(input_shape))))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-        torch.set_num_threads(threads)
-    return [LayerSpec(**{k: v for k, v in s.items() if k != "out_repeat"}) for s in cap.specs]
+        return dict(op="pool")
+    if isinstance(mod, ops.PASS_MODULES):
+        return dict(op="pass")
+    return dict(op="other")
 
 
 def _grow(shape: tuple[int, ...], delta: int) -> tuple[int, ...]:
