@@ -21,6 +21,9 @@ _PREFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 _HELP = "write e.g. 0.5 (a fraction of the input model's cost), 2.5mJ, 0.4ms, 120M (MACs) or 1.2GFLOPs"
 DEFAULT_BUDGET = "0.5"  # half of the input model's cost on the target
+# the fewest channels a pruned group keeps (``PruneConfig.min_channels``): below two a depthwise conv would
+# stop being one
+MIN_CHANNELS = 2
 
 
 def _unit(suffix: str) -> tuple[str, float] | None:
@@ -67,17 +70,15 @@ def parse_budget(text: str | float, unit: str, base_cost: float) -> float:
     return value * given[1] / wanted[1]
 
 
-def min_cost(model, estimator, input_shape) -> float:
-    """The cost with two channels left in every prunable group (fewer where a group has fewer): the
-    pruning floor (``PruneConfig.min_channels``), below which a depthwise conv would stop being one."""
+def min_cost(model, estimator, input_shape, keep: int = MIN_CHANNELS) -> float:
+    """The cost with ``keep`` channels left in every prunable group (fewer where a group has fewer): the
+    pruning floor (:data:`MIN_CHANNELS`, ``PruneConfig.min_channels``)."""
     import copy
 
     from ..graph.trace import build_inventory
     from ..graph.plan import Plan, Remove
-    from ..pruning.prune import PruneConfig
     from ..graph.surgery import apply_plan_
 
-    keep = PruneConfig().min_channels
     trial = copy.deepcopy(model)
     inventory = build_inventory(trial, input_shape)
     apply_plan_(trial, inventory, Plan([Remove(g.id, tuple(range(keep, g.width))) for g in inventory.prunable()

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from ..errors import EnergySplitError
+from ..errors import ConfigError, InputFileError, RegistryError
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,18 @@ class CalibrateConfig:
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name or ""):
-            raise ValueError(f"target name {self.name!r}: use letters, digits, '.', '_' and '-'")
+            raise ConfigError(f"target name {self.name!r}: use letters, digits, '.', '_' and '-'")
         if self.threads < 1:
-            raise ValueError("threads must be >= 1")
+            raise ConfigError("threads must be >= 1")
         if len(self.input_shape) < 2 or min(self.input_shape) < 1:
-            raise ValueError(f"input shape {self.input_shape} must be C,H,W of positive ints")
+            raise ConfigError(f"input shape {self.input_shape} must be C,H,W of positive ints")
 
 
 def calibrate(config: CalibrateConfig) -> dict:
     """Measure the table, save the target; returns paths, entry count, seconds and the prediction error."""
     import datetime
 
-    from energysplit_estimators.ort_latency import OrtLatencyEstimator, measure_model
-    from energysplit_estimators.ort_lut import cpu_name
-
-    from .estimator import TARGETS
+    from .estimator import TARGETS, create_estimator
     from ..graph.trace import build_inventory
     from .._io import atomic_write_json
     from .plugins import load_plugins, user_dir
@@ -50,22 +47,23 @@ def calibrate(config: CalibrateConfig) -> dict:
     target_path = user_dir() / "targets" / f"{config.name}.json"
     table_path = user_dir() / "tables" / f"{config.name}-latency.json"
     if config.name in TARGETS and not TARGETS.origin(config.name).startswith("user dir"):
-        raise EnergySplitError(f"target {config.name!r} already exists ({TARGETS.origin(config.name)}); "
+        raise RegistryError(f"target {config.name!r} already exists ({TARGETS.origin(config.name)}); "
                                "pick another --name")
     if target_path.exists() and not config.force:
-        raise FileExistsError(f"{target_path} exists; pass --force to measure it again")
+        raise InputFileError(f"{target_path} exists; pass --force to measure it again")
     if table_path.exists():
         table_path.unlink()
     arch = config.arch or DEFAULT_MODEL
     model = create_model(arch, in_channels=config.input_shape[0], width=config.width).eval()
-    est = OrtLatencyEstimator(threads=config.threads, measure=False, lut=str(table_path))
+    est = create_estimator("ort-latency", threads=config.threads, measure=False, lut=str(table_path))
     start = time.perf_counter()
     predicted = est.predict(model, config.input_shape).total
     if config.neighbours:
         est.marginal_costs(model, build_inventory(model, config.input_shape), config.input_shape)
     seconds = time.perf_counter() - start
-    measured = measure_model(model, config.input_shape, config.threads)
-    desc = (f"ONNX Runtime latency table measured on {cpu_name()} ({datetime.date.today()}), "
+    est.measure = True  # now the whole model, run in ONNX Runtime (its layers are in the table)
+    measured = est.estimate(model, config.input_shape).meta
+    desc = (f"ONNX Runtime latency table measured on {est.table.meta['host']} ({datetime.date.today()}), "
             f"{config.threads} thread(s), from {arch} at {'x'.join(map(str, config.input_shape))}")
     atomic_write_json(target_path, {"name": config.name, "estimator": "ort-latency",
                                     "settings": {"threads": config.threads, "lut": str(table_path)},

@@ -4,23 +4,21 @@ resumes where it stopped); a failing method is recorded and the sweep goes on.
 
 Several processes can share one sweep (``worker=True``, e.g. a few processes feeding one GPU): each takes
 the next job that is neither finished nor claimed by a live process of this host (``claims.json``), so the
-work balances itself and a sweep cut short still has its early seeds. A lock file serialises their writes.
+work balances itself and a sweep cut short still has its early seeds. A lock file (``filelock``)
+serialises their writes.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import csv
-import fcntl
 import json
 import os
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
 
 from .._io import atomic_write_json
 
@@ -79,21 +77,18 @@ def _append(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow({k: row.get(k, "") for k in FIELDS})
-        f.flush()
 
 
-@contextlib.contextmanager
 def _locked(out: Path):
     """Exclusive lock on ``out`` across processes (the worker processes of one sweep)."""
-    with (out / ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    from filelock import FileLock
+
+    return FileLock(out / ".lock")
 
 
 def _device_name(device: str) -> str:
+    import torch
+
     from .._device import resolve_device
 
     resolved = resolve_device(device)
@@ -104,19 +99,13 @@ def _git_commit() -> str | None:
     """The energysplit checkout's commit (with ``+dirty`` for local changes), or None outside a checkout."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
-
-    def run(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
     try:
-        head = run("rev-parse", "HEAD")
-        if head.returncode:
-            return None
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
+        head, status = (subprocess.run(git + args, capture_output=True, text=True, timeout=10)
+                        for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
     except (OSError, subprocess.SubprocessError):
         return None
+    return None if head.returncode else head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _alive(pid: int) -> bool:
@@ -124,8 +113,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process
+        pass
     return True
 
 
@@ -147,6 +136,8 @@ def _claim(out: Path, key: tuple) -> bool:
 
 def base_model(name: str, config: BenchConfig, data, out: Path, log):
     """Train (or reload) the shared base model of ``name``."""
+    import torch
+
     from ..graph.archive import load_model, save_model
     from ..training.loop import TrainConfig, train
     from ..zoo import create_model
@@ -181,11 +172,12 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
 
 
 def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bool) -> Path:
+    import torch
+
     from ..training.data import load_dataset
     from ..cost.estimator import create_target
     from ..methods import METHODS, MethodContext
     from ..training.loop import TrainConfig, evaluate, seed_everything
-
     from ..training.distributed import barrier, broadcast_object, is_main, main_only, rank_zero_estimator
 
     log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
@@ -273,15 +265,7 @@ def summarise(out: str | Path):
     summary.columns = ["_".join(c) for c in summary.columns]
     summary = summary.reset_index()
     summary.to_csv(out / "summary.csv", index=False)
-    lines = ["| model | target | budget | method | accuracy (mean ± std, n) | mobile mJ | cpu ms | MACs |",
-             "|---|---|---|---|---|---|---|---|"]
-    for _, r in summary.sort_values(["model", "target", "budget_name", "test_accuracy_mean"],
-                                    ascending=[True, True, False, False]).iterrows():
-        std = 0.0 if pd.isna(r.test_accuracy_std) else r.test_accuracy_std
-        lines.append(f"| {r.model} | {r.target} | {r.budget_name} | {r.method} | {r.test_accuracy_mean:.4f} ± "
-                     f"{std:.4f} ({int(r.test_accuracy_count)}) | {r.mobile_mJ_mean:.4f} | {r.cpu_ms_mean:.3f} | "
-                     f"{r.flops_MACs_mean:,.0f} |")
-    lines += goal_lines(summary)
+    lines = [markdown_summary(summary)] + goal_lines(summary)
     failed = df[df.status != "ok"]
     if len(failed):
         lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed "
@@ -290,6 +274,20 @@ def summarise(out: str | Path):
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     pareto_plot(ok, out / "pareto.png")
     return summary
+
+
+def markdown_summary(summary) -> str:
+    """The summary as a Markdown table: per model, target and budget, the methods by mean accuracy."""
+    s = summary.sort_values(["model", "target", "budget_name", "test_accuracy_mean"],
+                            ascending=[True, True, False, False])
+    table = s[["model", "target", "budget_name", "method"]].rename(columns={"budget_name": "budget"})
+    table["accuracy (mean ± std, n)"] = [f"{m:.4f} ± {sd:.4f} ({int(n)})" for m, sd, n in zip(
+        s.test_accuracy_mean, s.test_accuracy_std.fillna(0.0), s.test_accuracy_count)]
+    table["mobile mJ"] = s.mobile_mJ_mean.map("{:.4f}".format)
+    table["cpu ms"] = s.cpu_ms_mean.map("{:.3f}".format)
+    table["MACs"] = s.flops_MACs_mean.map("{:,.0f}".format)
+    return table.to_markdown(index=False, disable_numparse=True,
+                             colalign=["left"] * 5 + ["right"] * 3)
 
 
 PRUNERS = ("l1", "taylor", "slimming", "random")

@@ -50,8 +50,22 @@ def _budget_check(b: dict) -> str:
     return line
 
 
-def markdown(report: dict) -> str:
+def markdown_table(rows: list, columns: list[str]) -> str:
+    """A Markdown table of already formatted cells (pandas, through ``tabulate``): the first column
+    left-aligned, the figures right-aligned."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns).to_markdown(index=False, disable_numparse=True,
+                                                           colalign=["left"] + ["right"] * (len(columns) - 1))
+
+
+def metrics(report: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, before, after, after/before) per measured metric, formatted."""
     b, a = report["before"], report["after"]
+    return [(key, _fmt(b[key]), _fmt(a[key]), _ratio(report, key)) for key in b]
+
+
+def markdown(report: dict) -> str:
     lines = [f"# energysplit compress report", "",
              f"- command: `{report['command']}`",
              f"- method: **{report['config']['method']}**, target **{report['budget']['target']}**, budget "
@@ -62,21 +76,18 @@ def markdown(report: dict) -> str:
              "- time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in report["seconds"].items()),
              f"- growth stopped: {report['stop_reason']}" if report.get("stop_reason") else "",
              _budget_check(report["budget"]),
-             "", "| metric | before | after | after/before |", "|---|---|---|---|"]
-    for key in b:
-        lines.append(f"| {key} | {_fmt(b[key])} | {_fmt(a[key])} | {_ratio(report, key)} |")
+             "", markdown_table(metrics(report), ["metric", "before", "after", "after/before"])]
     lines += ["", "Units: MACs = multiply-accumulates (1 MAC = 2 FLOPs); mJ per inference (batch 1) from the "
               "target's energy table; ms = ONNX Runtime median latency, batch 1, on this host.", "",
-              "## Widths per neuron group", "", "| group | before | after |", "|---|---|---|"]
-    for gid, w in report["widths"]["before"].items():
-        lines.append(f"| {gid} | {w} | {report['widths']['after'].get(gid, '-')} |")
+              "## Widths per neuron group", "",
+              markdown_table([(gid, w, report["widths"]["after"].get(gid, "-"))
+                              for gid, w in report["widths"]["before"].items()], ["group", "before", "after"])]
     steps = report.get("growth_steps") or []
     if steps:
-        lines += ["", "## Growth steps", "", "| step | cost before | cost after | split | val acc | scoring s | training s |",
-                  "|---|---|---|---|---|---|---|"]
-        for s in steps:
-            lines.append(f"| {s['step']} | {s['cost_before']:.4g} | {s['cost_after']:.4g} | {s['neurons_split']} | "
-                         f"{s['val_accuracy']:.4f} | {s['score_seconds']:.1f} | {s['train_seconds']:.1f} |")
+        lines += ["", "## Growth steps", "", markdown_table(
+            [(s["step"], f"{s['cost_before']:.4g}", f"{s['cost_after']:.4g}", s["neurons_split"],
+              f"{s['val_accuracy']:.4f}", f"{s['score_seconds']:.1f}", f"{s['train_seconds']:.1f}") for s in steps],
+            ["step", "cost before", "cost after", "split", "val acc", "scoring s", "training s"])]
     lines += ["", f"ONNX: `model.onnx` checked in ONNX Runtime, max abs diff {report['onnx']['max_abs_diff']:.2e}.",
               "Reload the model with `energysplit.graph.archive.load_model('model.es')`.", ""]
     return "\n".join(lines)
@@ -127,13 +138,11 @@ def growth_plot(path: Path, report: dict) -> None:
 
 def summary(report: dict) -> str:
     """The short before/after table printed at the end of a run."""
-    rows = [(key, _fmt(report["before"][key]), _fmt(report["after"][key]), _ratio(report, key))
-            for key in report["before"]]
-    header = ("", "before", "after", "after/before")
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{header[0]:<{width}}  {header[1]:>12}  {header[2]:>12}  {header[3]:>12}"]
-    lines += [f"{k:<{width}}  {b:>12}  {a:>12}  {r:>12}" for k, b, a, r in rows]
-    return "\n".join(lines)
+    import pandas as pd
+
+    table = pd.DataFrame(metrics(report), columns=["", "before", "after", "after/before"]).set_index("")
+    table.index.name = None
+    return table.to_string(col_space=13)
 
 
 def _ratio(report: dict, key: str) -> str:

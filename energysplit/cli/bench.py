@@ -1,0 +1,80 @@
+"""``energysplit bench``: a profile (:data:`~energysplit.pipeline.bench.PROFILES`) and flags -> a
+:class:`~energysplit.pipeline.bench.BenchConfig` -> the sweep."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from .common import DEVICE_HELP, command_line, process_group
+
+DEFAULT_PROFILE = "quick"
+
+
+def add_bench(p):
+    p.description = ("Train one base model per architecture, compress it with every method to the same budgets "
+                     "and fine-tuning epochs over several seeds; write results.csv, summary.csv/.md and "
+                     "pareto.png. Re-running the same command resumes.")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help="tiny, quick, medium or full (default: %(default)s)")
+    p.add_argument("--out", help="output directory (default: benchmarks/results/compare-<profile>)")
+    # the flags below override the profile's setting when given
+    p.add_argument("--models", help="comma-separated zoo names (overrides the profile)")
+    p.add_argument("--methods", help="comma-separated methods (overrides the profile)")
+    p.add_argument("--seeds", help="comma-separated seeds (overrides the profile)")
+    p.add_argument("--budgets", help="comma-separated target:fraction pairs, e.g. mobile:0.5,cpu:0.7 "
+                                     "(overrides the profile; cpu budgets apply to every model given)")
+    p.add_argument("--channel-multiple", type=int,
+                   help="keep every changed width a multiple of N (default: each target's own, see compress)")
+    p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
+    p.add_argument("--device", help=DEVICE_HELP + " (default: the profile's)")
+    p.add_argument("--worker", action="store_true",
+                   help="be one of several processes sharing --out (e.g. on one GPU): each runs the next job "
+                        "that no live process has claimed")
+    return run_bench
+
+
+def budget_pair(text: str) -> tuple[str, float]:
+    """``"mobile:0.5"`` -> ``("mobile", 0.5)``."""
+    target, fraction = text.split(":")
+    return target, float(fraction)
+
+
+def split_list(text: str, parse, flag: str, example: str) -> tuple:
+    """A comma-separated flag value, each item parsed by ``parse``."""
+    from ..errors import ConfigError
+
+    try:
+        return tuple(parse(s) for s in text.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {text!r}: write it like {example}") from exc
+
+
+def bench_config(args):
+    """The profile's :class:`~energysplit.pipeline.bench.BenchConfig` with the flags that were given."""
+    from ..errors import ConfigError
+    from ..pipeline.bench import PROFILES
+
+    if args.profile not in PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; use one of {', '.join(PROFILES)}")
+    config = PROFILES[args.profile]
+    changes = {k: getattr(args, k) for k in ("channel_multiple", "act", "device") if getattr(args, k) is not None}
+    changes.update({k: tuple(getattr(args, k).split(",")) for k in ("models", "methods") if getattr(args, k)})
+    if args.seeds:
+        changes["seeds"] = split_list(args.seeds, int, "--seeds", "0,1,2")
+    if args.budgets:  # a cpu budget applies to every model given
+        changes["budgets"] = split_list(args.budgets, budget_pair, "--budgets", "mobile:0.5,cpu:0.7")
+        changes["latency_models"] = changes.get("models", config.models)
+    return replace(config, **changes)
+
+
+def run_bench(args) -> int:
+    from ..pipeline.bench import run_benchmark
+    from ..training.distributed import is_main
+
+    config = bench_config(args)
+    out = args.out or f"benchmarks/results/compare-{args.profile}"
+    with process_group():  # under torchrun: data-parallel, rank 0 writes
+        run_benchmark(config, out, command=command_line(args.argv), worker=args.worker)
+        main = is_main()
+    if main:
+        print((Path(out) / "summary.md").read_text())
+    return 0
