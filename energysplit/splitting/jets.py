@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import grad as conv_grad
 
 from ..graph.inventory import Group
 from .chains import Step, apply_linear, bn_scale
@@ -141,15 +142,21 @@ class _Tap(torch.autograd.Function):
         return g, sv, None, None
 
 
+# (input gradient, weight gradient) of a zero-padded conv with numeric padding, by its number of spatial dims;
+# other padding modes go through autograd on the module's own forward
+CONV_GRADS = {1: (conv_grad.conv1d_input, conv_grad.conv1d_weight),
+              2: (conv_grad.conv2d_input, conv_grad.conv2d_weight),
+              3: (conv_grad.conv3d_input, conv_grad.conv3d_weight)}
+
+
 def _adjoint(op: tuple, r: Tensor) -> Tensor:
     if op[0] == "scale":
         return r * op[1]
     module, in_shape = op[1], op[2]
     if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-        nd = len(module.kernel_size)
-        return torch.ops.aten.convolution_backward(
-            r, r.new_empty(1).expand(in_shape), module.weight.detach(), None, module.stride, module.padding,
-            module.dilation, False, [0] * nd, module.groups, [True, False, False])[0]
+        conv_input = CONV_GRADS[len(module.kernel_size)][0]
+        return conv_input(in_shape, module.weight.detach(), r, module.stride, module.padding, module.dilation,
+                          module.groups)
     z = torch.zeros(in_shape, dtype=r.dtype, device=r.device, requires_grad=True)
     with torch.enable_grad():
         return torch.autograd.grad(module._conv_forward(z, module.weight.detach(), None), z, r)[0]
@@ -161,10 +168,9 @@ def weight_grad(producer: nn.Module, x: Tensor, grad_out: Tensor) -> Tensor:
     if isinstance(producer, nn.Linear):
         return (grad_out.reshape(-1, w.shape[0]).t() @ x.reshape(-1, w.shape[1])).view_as(w)
     if producer.padding_mode == "zeros" and not isinstance(producer.padding, str):
-        nd = len(producer.kernel_size)
-        return torch.ops.aten.convolution_backward(
-            grad_out, x, w.detach(), None, producer.stride, producer.padding, producer.dilation, False,
-            [0] * nd, producer.groups, [False, True, False])[1]
+        conv_weight = CONV_GRADS[len(producer.kernel_size)][1]
+        return conv_weight(x, w.shape, grad_out, producer.stride, producer.padding, producer.dilation,
+                           producer.groups)
     z = torch.zeros_like(w, requires_grad=True)
     with torch.enable_grad():
         return torch.autograd.grad(producer._conv_forward(x, z, None), z, grad_out)[0]
