@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -31,14 +29,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        name = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        name = platform.processor() or platform.machine()
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
 
 
 def worker(args) -> None:
@@ -125,8 +115,10 @@ def main() -> None:
               f"{r['rel_lambda_diff']:>17.1e}")
     for r in rows:
         print(f"  {r['processes']} process(es): {r['command']}")
+    from energysplit_estimators.ort_lut import cpu_slug
+
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"distributed_{cpu_name()}-torch{torch.__version__.split('+')[0]}-t{args.threads}.json"
+    path = RESULTS / f"distributed_{cpu_slug(40)}-torch{torch.__version__.split('+')[0]}-t{args.threads}.json"
     path.write_text(json.dumps({"command": shlex.join(["python", "benchmarks/bench_distributed.py", *sys.argv[1:]]),
                                 "settings": {k: v for k, v in vars(args).items() if k != "worker"},
                                 "cores": os.cpu_count(), "rows": rows}, indent=2) + "\n")

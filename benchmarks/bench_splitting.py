@@ -40,8 +40,6 @@ import argparse
 import copy
 import json
 import math
-import platform
-import re
 import shlex
 import sys
 import time
@@ -54,15 +52,6 @@ PROFILES = {
     "full": {"models": "mobilenet_v2:0.5,mobilenet_v1:0.25,mobilenet_v1:0.5", "train_steps": 400, "samples": 4096,
              "passes": "1,2,4", "widths": "0.25,0.5,0.75", "growth_samples": 256},
 }
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = re.search(r"model name\s*:\s*(.*)", text).group(1)
-    except (OSError, AttributeError):
-        name = platform.processor() or platform.machine()
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
 
 
 def timed(fn):
@@ -282,6 +271,7 @@ def main(argv=None) -> int:
     import torch
 
     from energysplit import FastConfig, load_dataset
+    from energysplit_estimators.ort_lut import cpu_slug
 
     torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist", data_dir=args.data_dir).subset(val=2000)
@@ -311,14 +301,14 @@ def main(argv=None) -> int:
     verdicts = goal_verdicts(frame[frame["part"] == "agreement"])
     for line in verdicts:
         print(line)
-    tag = f"{cpu_name()}-torch{torch.__version__.split('+')[0]}-t{args.threads}-{args.name or args.profile}"
+    tag = f"{cpu_slug(40)}-torch{torch.__version__.split('+')[0]}-t{args.threads}-{args.name or args.profile}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     csv = RESULTS / f"splitting_{tag}.csv"
     frame.to_csv(csv, index=False, float_format="%.6g")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     settings = {k: v for k, v in vars(args).items()}
     agree = frame[frame["part"] == "agreement"]
-    summary = {"command": command, "settings": settings, "cpu": cpu_name(), "torch": torch.__version__,
+    summary = {"command": command, "settings": settings, "cpu": cpu_slug(40), "torch": torch.__version__,
                "fast_config": f"FastConfig(passes=P, seed, warmup), defaults otherwise: {FastConfig(warmup=args.warmup)}",
                "goals": GOALS, "verdicts": verdicts, "results": agree.to_dict(orient="records")}
     (RESULTS / f"splitting_{tag}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

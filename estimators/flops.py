@@ -13,6 +13,7 @@ import math
 import warnings
 
 from energysplit.cost.estimator import CostReport, LayerwiseEstimator
+from energysplit.errors import ConfigError
 from energysplit.graph.layers import LayerSpec
 
 ZERO_MAC_OPS = {"bn", "act", "pool", "add", "pass", "concat"}
@@ -70,14 +71,14 @@ class FlopsEstimator(LayerwiseEstimator):
 
     def __init__(self, cross_check: str | None = "torch"):
         if cross_check not in (None, "torch", "fvcore"):
-            raise ValueError(f"cross_check must be 'torch', 'fvcore' or None, not {cross_check!r}")
+            raise ConfigError(f"cross_check must be 'torch', 'fvcore' or None, not {cross_check!r}")
         self.cross_check = cross_check
 
     def layer_rows(self, specs) -> list[dict]:
         rows = []
         for s in specs:
             macs = layer_macs(s)
-            rows.append({"cost": macs, "params": _params(s)})
+            rows.append({"cost": macs, "params": layer_params(s)})
         return rows
 
     def estimate(self, model, input_shape) -> CostReport:
@@ -96,7 +97,8 @@ class FlopsEstimator(LayerwiseEstimator):
         return report
 
 
-def _params(s: LayerSpec) -> int:
+def layer_params(s: LayerSpec) -> int:
+    """Parameters of one op: conv/linear weights and bias, BatchNorm scale and shift (folded)."""
     if s.op == "conv":
         return s.cout * (s.cin // s.groups) * math.prod(s.kernel) + (s.cout if s.bias else 0)
     if s.op == "linear":

@@ -23,8 +23,9 @@ from importlib import resources
 from pathlib import Path
 
 from energysplit.cost.estimator import LayerwiseEstimator
+from energysplit.errors import ConfigError, InputFileError
 from energysplit.graph.layers import LayerSpec
-from .flops import _params, layer_macs
+from .flops import layer_macs, layer_params
 
 PJ_TO_MJ = 1e-9
 FREE_OPS = {"bn", "act", "pass", "concat"}
@@ -42,14 +43,14 @@ def load_table(profile: str) -> dict:
         text = Path(profile).read_text()
     else:
         if profile not in profiles():
-            raise ValueError(f"unknown energy profile {profile!r}; built-in: {', '.join(profiles())} "
+            raise ConfigError(f"unknown energy profile {profile!r}; built-in: {', '.join(profiles())} "
                              "(or pass the path of a table .json)")
         text = resources.files(__package__).joinpath("tables", f"{profile}.json").read_text()
     table = json.loads(text)
     need = {"mac", "add", "rf_access", "glb_byte", "dram_byte"}
     missing = need - set(table.get("energy_pJ", {}))
     if missing or not {"bytes_per_value", "glb_bytes", "rf_accesses_per_mac"} <= set(table):
-        raise ValueError(f"energy table {profile!r} lacks {sorted(missing) or 'bytes_per_value/glb_bytes/rf_accesses_per_mac'}")
+        raise InputFileError(f"energy table {profile!r} lacks {sorted(missing) or 'bytes_per_value/glb_bytes/rf_accesses_per_mac'}")
     return table
 
 
@@ -80,7 +81,7 @@ class LutEnergyEstimator(LayerwiseEstimator):
         if s.op in ("conv", "linear"):
             macs = layer_macs(s)
             return {"compute": macs * e["mac"], "rf": macs * self._table["rf_accesses_per_mac"] * e["rf_access"],
-                    "weights": _params(s) * self._table["bytes_per_value"] * e["dram_byte"],
+                    "weights": layer_params(s) * self._table["bytes_per_value"] * e["dram_byte"],
                     "activations": self._move(s.in_numel) + self._move(s.out_numel)}
         if s.op == "add":
             n = s.out_numel

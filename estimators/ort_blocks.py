@@ -1,4 +1,5 @@
-"""ONNX Runtime blocks: which captured layers run as one kernel, and a module that runs one alone.
+"""ONNX Runtime blocks: which captured layers run as one kernel, a module that runs one alone, and
+running a module (a block or a whole model) in ORT: export, session, timing.
 
 A block is what ORT's CPU provider runs as one fused kernel after ORT_ENABLE_ALL: a conv (+ BatchNorm,
 folded) (+ a residual add, NCHWc "Sum") + activation, a linear (+ activation), a residual add
@@ -8,9 +9,14 @@ Once-for-All and MetaPruning are.
 """
 from __future__ import annotations
 
+import io
 import json
+import time
+import warnings
 
 from torch import nn
+
+from energysplit.graph.ops import activation_module
 
 COLD_FACTOR = 2  # cold weights: parallel copies holding COLD_FACTOR x L2 bytes of weights
 MAX_COPIES = 128
@@ -56,10 +62,10 @@ def block_keys(specs, l2: int | None = None) -> tuple[list, list[int]]:
     a layer's weights are evicted between two inferences, so conv/linear blocks holding at least
     ``COLD_FACTOR * l2 / MAX_COPIES`` bytes of weights get ``"cold": True`` (measured with cold weights).
     """
-    from .flops import _params
+    from .flops import layer_params
 
     cons = _consumers(specs)
-    model_bytes = 4 * sum(_params(s) for s in specs)
+    model_bytes = 4 * sum(layer_params(s) for s in specs)
     cold_min = COLD_FACTOR * l2 / MAX_COPIES if l2 and model_bytes > l2 else None
     keys: list = [None] * len(specs)
     heads = list(range(len(specs)))
@@ -79,7 +85,7 @@ def block_keys(specs, l2: int | None = None) -> tuple[list, list[int]]:
             if bn is not None:
                 keys[bn], heads[bn], last = "fused", i, bn
             key["bn"] = bn is not None
-            if cold_min is not None and 4 * _params(s) >= cold_min:
+            if cold_min is not None and 4 * layer_params(s) >= cold_min:
                 key["cold"] = True
             add = _fused_add(specs, cons, i, last)
             if add is not None:  # ORT's NCHWc conv adds the residual ("Sum") in the same kernel
@@ -144,12 +150,8 @@ def key_str(key: dict) -> str:
 
 def block_module(key: dict):
     """(module, input shapes) that runs one block alone."""
-    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU,
-            "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid, "leaky_relu": nn.LeakyReLU,
-            "elu": nn.ELU, "softplus": nn.Softplus, "hardtanh": nn.Hardtanh}
-
-    def act():
-        return acts[key["act"]]() if key.get("act") else nn.Identity()
+    def act():  # the activation table of the tracer (energysplit.graph.ops): one name, one module
+        return activation_module(key["act"]) if key.get("act") else nn.Identity()
 
     op, shape = key["op"], tuple(key["in"])
     if op == "conv":
@@ -196,7 +198,7 @@ class _ConvSum(nn.Module):
         return self.act(self.bn(self.conv(x)) + r)
 
 
-class _Copies(nn.Module):
+class BlockCopies(nn.Module):
     """Independent copies of a block reading the same inputs."""
 
     def __init__(self, blocks):
@@ -205,3 +207,59 @@ class _Copies(nn.Module):
 
     def forward(self, *xs):
         return tuple(b(*xs) for b in self.blocks)
+
+
+def session(onnx_bytes: bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def to_onnx_bytes(model, input_shapes) -> bytes:
+    """ONNX bytes of ``model`` (a block, or a whole model to time) in eval mode (legacy TorchScript
+    exporter: ``dynamo=False``, opset 17); not :func:`energysplit.pipeline.export.export_onnx`, which writes a file."""
+    import torch
+
+    args = tuple(torch.randn((1, *s)) for s in input_shapes)
+    f = io.BytesIO()
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, f, dynamo=False, opset_version=17,
+                              input_names=[f"x{i}" for i in range(len(args))])
+    finally:
+        model.train(was_training)
+    return f.getvalue()
+
+
+def time_session(sess, warmup: int = 10, repeats: int = 50, budget_s: float | None = None):
+    """Per-run times in ms with inputs and outputs bound once (``run_with_iobinding``): no copies timed.
+    With ``budget_s``, repeats stop early once that much time is spent (at least 10 runs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    rng = np.random.default_rng(0)
+    for inp in sess.get_inputs():
+        x = rng.standard_normal([d if isinstance(d, int) else 1 for d in inp.shape]).astype(np.float32)
+        binding.bind_ortvalue_input(inp.name, ort.OrtValue.ortvalue_from_numpy(x))
+    for out in sess.get_outputs():
+        binding.bind_output(out.name)
+    for _ in range(warmup):
+        sess.run_with_iobinding(binding)
+    times, start = [], time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run_with_iobinding(binding)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if budget_s and len(times) >= 10 and time.perf_counter() - start > budget_s:
+            break
+    return np.asarray(times)

@@ -15,17 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from energysplit.cost.estimator import CostReport, LayerwiseEstimator
-from .ort_blocks import block_keys, layout_costs
-from .ort_lut import LatencyLUT, export_onnx, session, time_session, versions
+from energysplit.errors import ConfigError
+from .ort_blocks import block_keys, layout_costs, session, time_session, to_onnx_bytes
+from .ort_lut import LatencyLUT, ort_versions
 
 
 def measure_model(model, input_shape, threads: int = 1, warmup: int = 20, repeats: int = 100) -> dict:
     """Median and P90 latency (ms) of ``model`` in ONNX Runtime on inputs ``(1, *input_shape)``."""
-    sess = session(export_onnx(model, [tuple(input_shape)]), threads)
+    sess = session(to_onnx_bytes(model, [tuple(input_shape)]), threads)
     times = time_session(sess, warmup, repeats)
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
             "repeats": len(times), "warmup": warmup, "threads": threads,
-            "provider": sess.get_providers()[0], **versions()}
+            "provider": sess.get_providers()[0], **ort_versions()}
 
 
 def nchwc_block() -> int:
@@ -59,7 +60,7 @@ class OrtLatencyEstimator(LayerwiseEstimator):
     def __init__(self, threads: int = 1, warmup: int = 20, repeats: int = 100, measure: bool = True,
                  lut: str | None = None):
         if threads < 1 or warmup < 0 or repeats < 1:
-            raise ValueError("threads and repeats must be >= 1, warmup >= 0")
+            raise ConfigError("threads and repeats must be >= 1, warmup >= 0")
         self.threads, self.warmup, self.repeats, self.measure, self.lut = threads, warmup, repeats, measure, lut
         self._table: LatencyLUT | None = None
 

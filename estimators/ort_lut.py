@@ -12,18 +12,18 @@ reorders at layout boundaries (:func:`energysplit_estimators.ort_blocks.layout_c
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
 import re
 import time
-import warnings
 from pathlib import Path
 
 from torch import nn
 
-from .ort_blocks import COLD_FACTOR, _Copies, block_module, key_str
+from energysplit.errors import InputFileError
+
+from .ort_blocks import COLD_FACTOR, BlockCopies, block_module, key_str, session, time_session, to_onnx_bytes
 
 FORMAT = 2
 
@@ -35,6 +35,7 @@ def cache_dir() -> Path:
 
 
 def cpu_name() -> str:
+    """This CPU's model name (/proc/cpuinfo), else what platform reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -44,7 +45,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict:
+def cpu_slug(limit: int = 48) -> str:
+    """:func:`cpu_name` in lower case with runs of other characters as ``-``, at most ``limit`` long
+    (for file names: latency tables, benchmark results)."""
+    return re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")[:limit]
+
+
+def ort_versions() -> dict:
+    """Versions of ONNX Runtime, onnx, torch and Python (they change measured latencies)."""
     import onnx
     import onnxruntime
     import torch
@@ -66,63 +74,7 @@ def host_id(threads: int) -> str:
     """File-name-safe id of this host, ORT version and thread count."""
     import onnxruntime
 
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", cpu_name()).strip("-").lower()[:48]
-    return f"{slug}-ort{onnxruntime.__version__}-t{threads}"
-
-
-def session(onnx_bytes: bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-
-
-def export_onnx(model, input_shapes) -> bytes:
-    """ONNX bytes of ``model`` in eval mode (legacy TorchScript exporter: ``dynamo=False``, opset 17)."""
-    import torch
-
-    args = tuple(torch.randn((1, *s)) for s in input_shapes)
-    f = io.BytesIO()
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, f, dynamo=False, opset_version=17,
-                              input_names=[f"x{i}" for i in range(len(args))])
-    finally:
-        model.train(was_training)
-    return f.getvalue()
-
-
-def time_session(sess, warmup: int = 10, repeats: int = 50, budget_s: float | None = None):
-    """Per-run times in ms with inputs and outputs bound once (``run_with_iobinding``): no copies timed.
-    With ``budget_s``, repeats stop early once that much time is spent (at least 10 runs)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    binding = sess.io_binding()
-    rng = np.random.default_rng(0)
-    for inp in sess.get_inputs():
-        x = rng.standard_normal([d if isinstance(d, int) else 1 for d in inp.shape]).astype(np.float32)
-        binding.bind_ortvalue_input(inp.name, ort.OrtValue.ortvalue_from_numpy(x))
-    for out in sess.get_outputs():
-        binding.bind_output(out.name)
-    for _ in range(warmup):
-        sess.run_with_iobinding(binding)
-    times, start = [], time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(binding)
-        times.append((time.perf_counter() - t0) * 1e3)
-        if budget_s and len(times) >= 10 and time.perf_counter() - start > budget_s:
-            break
-    return np.asarray(times)
+    return f"{cpu_slug(48)}-ort{onnxruntime.__version__}-t{threads}"
 
 
 def _kernel_times(onnx_bytes: bytes, threads: int, runs: int = 30) -> dict[str, float]:
@@ -190,8 +142,7 @@ class LatencyLUT:
         self.threads, self.warmup, self.repeats, self.budget_s = threads, warmup, repeats, budget_s
         self.path = Path(path) if path else cache_dir() / "ort-latency" / f"{host_id(threads)}.json"
         self.meta = {"format": FORMAT, "host": cpu_name(), "machine": platform.machine(), "l2_bytes": l2_bytes(),
-                     "threads": threads,
-                     "provider": "CPUExecutionProvider", "versions": versions()}
+                     "threads": threads, "provider": "CPUExecutionProvider", "versions": ort_versions()}
         self.entries: dict[str, dict] = {}
         self.overhead_ms: float | None = None
         self.reference_ms: float | None = None
@@ -199,7 +150,7 @@ class LatencyLUT:
         if self.path.exists():
             data = json.loads(self.path.read_text())
             if data.get("format") != FORMAT and path:
-                raise ValueError(f"{self.path}: not an energysplit latency table of format {FORMAT}; "
+                raise InputFileError(f"{self.path}: not an energysplit latency table of format {FORMAT}; "
                                  "calibrate again")
             if data.get("format") != FORMAT:  # an old cache of this host: measure again
                 data = {**self.meta, "entries": {}}
@@ -219,7 +170,7 @@ class LatencyLUT:
         the kernel time of its ReorderInput, ReorderOutput and other nodes (profiled runs, us)."""
         import numpy as np
 
-        onnx_bytes = export_onnx(module, shapes)
+        onnx_bytes = to_onnx_bytes(module, shapes)
         wall = float(np.median(time_session(session(onnx_bytes, self.threads), self.warmup, self.repeats,
                                             self.budget_s)))
         return (wall, _kernel_times(onnx_bytes, self.threads)) if profile else wall
@@ -233,7 +184,7 @@ class LatencyLUT:
         weight_bytes = 4 * sum(p.numel() for p in module.parameters())
         n = -(-COLD_FACTOR * l2_bytes() // weight_bytes) if key.get("cold") else 1
         if n > 1:
-            module = _Copies([module] + [block_module(key)[0] for _ in range(n - 1)])
+            module = BlockCopies([module] + [block_module(key)[0] for _ in range(n - 1)])
         scale = self._load_scale()
         wall, k = self._measure(module, shapes, profile=True)
         net = max(wall - self.overhead(), 0.0)
@@ -270,7 +221,7 @@ class LatencyLUT:
 
     def _check_local(self, what: str) -> None:
         if self.foreign:
-            raise ValueError(f"latency table {self.path} was measured on {self.meta.get('host')} "
+            raise InputFileError(f"latency table {self.path} was measured on {self.meta.get('host')} "
                              f"(threads {self.meta.get('threads')}) and lacks {what}; calibrate on that device")
 
     def lookup(self, key: dict) -> dict:

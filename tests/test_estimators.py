@@ -17,6 +17,7 @@ from energysplit.cost.estimator import ESTIMATORS, TARGETS, UNITS, resized_copy,
 from energysplit.graph.trace import build_inventory
 from energysplit.graph.layers import capture_layers, resize_specs
 from energysplit.cost.conformance import check_estimator
+from energysplit.errors import InputFileError, RegistryError
 from energysplit.zoo import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,10 +190,10 @@ def test_latency_table_from_another_host_is_read_only(tmp_path):
                                 "versions": {"onnxruntime": "0.0"}, "entries": {}}))
     lut = LatencyLUT(path)
     assert lut.foreign and lut.overhead() == 0.01
-    with pytest.raises(ValueError, match="Some Phone SoC"):
+    with pytest.raises(InputFileError, match="was measured on Some Phone SoC .threads 4. and lacks block"):
         lut.lookup({"op": "act", "in": [4, 4, 4], "n": 1, "act": "relu"})
     path.write_text(json.dumps({"format": 0, "entries": {}}))
-    with pytest.raises(ValueError, match="calibrate again"):
+    with pytest.raises(InputFileError, match="not an energysplit latency table of format 2; calibrate again"):
         LatencyLUT(path)
 
 
@@ -311,9 +312,9 @@ def test_calibrate_saves_a_user_target_that_reuses_its_table(monkeypatch):
     est = create_target("my-board")
     est.measure = False
     assert est.estimate(create_model("vgg_small", width=0.25), (1, 8, 8)).total == pytest.approx(result["predicted_ms"])
-    with pytest.raises(FileExistsError):
+    with pytest.raises(InputFileError, match="my-board.json exists; pass --force"):
         calibrate(CalibrateConfig("my-board", arch="vgg_small", width=0.25, input_shape=(1, 8, 8)))
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(RegistryError, match="target 'mobile' already exists .built-in"):
         calibrate(CalibrateConfig("mobile"))
 
 
