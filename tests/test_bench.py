@@ -93,3 +93,44 @@ def test_a_claim_by_a_dead_process_is_taken_over(tmp_path):
     claims["|".join(other)] = {"host": "another-host", "pid": 1}
     (tmp_path / "claims.json").write_text(json.dumps(claims))
     assert not _claim(tmp_path, other)  # another host's claim counts as live
+
+
+def test_summary_tables_the_mean_and_std_over_seeds(tmp_path):
+    from energysplit.pipeline.bench import FIELDS, summarise
+
+    def row(method, seed, acc, status="ok", error=""):
+        return {"model": "m", "target": "mobile", "budget_name": "0.5", "budget": 1.0, "unit": "mJ", "method": method,
+                "seed": seed, "test_accuracy": acc, "flops_MACs": 1234567.0, "mobile_mJ": 0.5, "cpu_ms": 0.25,
+                "params": 100, "cost_on_target": 0.5, "wall_s": 1.0, "status": status, "error": error}
+
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows([row("l1", 0, 0.70), row("l1", 1, 0.80), row("splitting", 0, 0.90),
+                          row("taylor", 0, "", "failed", "BudgetError: unreachable")])
+    summarise(tmp_path)
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md if line.startswith("|")]
+    assert cells[0] == ["model", "target", "budget", "method", "accuracy (mean ± std, n)", "mobile mJ", "cpu ms", "MACs"]
+    # sorted by accuracy; l1: mean 0.75, sample std of (0.7, 0.8) = 0.0707; a single seed shows std 0
+    assert cells[2:] == [["m", "mobile", "0.5", "splitting", "0.9000 ± 0.0000 (1)", "0.5000", "0.250", "1,234,567"],
+                         ["m", "mobile", "0.5", "l1", "0.7500 ± 0.0707 (2)", "0.5000", "0.250", "1,234,567"]]
+    assert "- m mobile@0.5 taylor seed 0: BudgetError: unreachable" in md
+    assert "- m mobile@0.5: +15.00 points vs l1 (met)" in md
+    assert (tmp_path / "pareto.png").exists() and (tmp_path / "summary.csv").exists()
+
+
+def test_the_lock_excludes_another_process(tmp_path):
+    """While one process holds the sweep's lock another one waits (filelock, across processes)."""
+    import subprocess
+    import sys
+
+    from energysplit.pipeline.bench import _locked
+
+    code = ("import sys; from pathlib import Path; from filelock import FileLock, Timeout\n"
+            "try:\n    FileLock(Path(sys.argv[1]) / '.lock', timeout=0.2).acquire()\n    print('acquired')\n"
+            "except Timeout:\n    print('timeout')")
+    with _locked(tmp_path):
+        held = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    free = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert (held.stdout.strip(), free.stdout.strip()) == ("timeout", "acquired"), (held.stderr, free.stderr)

@@ -106,3 +106,17 @@ def test_min_cost_of_the_zoo_is_below_every_pruned_model(name):
     _, result = prune_to_budget_(model, inventory, energy, floor, shape, l1_importance(model, inventory),
                                  PruneConfig(min_fraction=0.0))
     assert result.final_cost == pytest.approx(floor)
+
+
+def test_the_floor_is_the_pruning_floor():
+    """min_cost keeps as many channels as pruning does (the two constants must not drift apart)."""
+    from energysplit.cost.budget import MIN_CHANNELS
+    from energysplit.cost.estimator import create_target
+    from energysplit.pruning.prune import PruneConfig
+    from energysplit.zoo import create_model
+
+    assert PruneConfig().min_channels == MIN_CHANNELS
+    model = create_model("vgg_small", width=0.25)
+    flops = create_target("flops")
+    assert min_cost(model, flops, (1, 8, 8), keep=2) == min_cost(model, flops, (1, 8, 8))
+    assert min_cost(model, flops, (1, 8, 8), keep=1) < min_cost(model, flops, (1, 8, 8), keep=3)

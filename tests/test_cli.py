@@ -38,3 +38,76 @@ def test_train_on_digits_and_errors(tmp_path):
     assert "unknown model 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     bad = _run("train", "--data", "cifar")
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
+
+
+def _options(command: str) -> dict:
+    """--flag -> argparse action of one command's parser."""
+    from energysplit.cli import build_parser
+
+    sub = build_parser(command)._subparsers._group_actions[0].choices[command]
+    return {a.option_strings[-1]: a for a in sub._actions if a.option_strings}
+
+
+def test_flag_defaults_come_from_the_config_dataclasses():
+    from dataclasses import fields
+
+    from energysplit.cli.common import shown
+    from energysplit.cost.calibrate import CalibrateConfig
+    from energysplit.pipeline.compress import CompressConfig
+    from energysplit.training.loop import TrainConfig
+
+    compress = _options("compress")
+    documented = [f for f in fields(CompressConfig) if f.default is not None and not isinstance(f.default, bool)
+                  and "--" + f.name.replace("_", "-") in compress]
+    assert {f.name for f in documented} >= {"target", "budget", "method", "data", "out", "epochs", "base_epochs",
+                                            "lr", "batch_size", "seed", "device"}
+    for f in documented:
+        action = compress["--" + f.name.replace("_", "-")]
+        assert action.default is None  # unset: a --config file or the demo may set it
+        assert action.help.endswith(f"(default: {shown(f.default)})"), (f.name, action.help)
+    train = _options("train")
+    for name in ("epochs", "lr", "batch_size", "seed"):
+        assert train["--" + name.replace("_", "-")].default == getattr(TrainConfig, name)
+    calibrate = _options("calibrate")
+    assert calibrate["--threads"].default == CalibrateConfig.threads
+    assert calibrate["--input-shape"].help.endswith(f"(default: {shown(CalibrateConfig.input_shape)})")
+
+
+def test_compress_config_layers_defaults_demo_file_and_flags(tmp_path):
+    from energysplit.cli import build_parser
+    from energysplit.cli.compress import resolve_config
+    from energysplit.pipeline.compress import DEMO, CompressConfig
+
+    def config(*args):
+        return resolve_config(build_parser("compress").parse_args(["compress", *args]))
+
+    assert config() == CompressConfig.resolve(DEMO)  # no MODEL: the demo
+    assert config().arch == DEMO["arch"] and config().epochs == DEMO["epochs"]
+    (tmp_path / "c.json").write_text('{"epochs": 5, "lr": 0.01, "model": "m.es"}')
+    c = config("--config", str(tmp_path / "c.json"), "--lr", "0.2", "--no-progress", "--cost-aware")
+    assert (c.model, c.arch, c.epochs, c.lr, c.progress, c.cost_aware) == ("m.es", None, 5, 0.2, False, True)
+    assert (c.target, c.seed, c.force) == (CompressConfig.target, CompressConfig.seed, False)
+    c = config("--demo", "--config", str(tmp_path / "c.json"))
+    assert (c.model, c.arch, c.epochs) == (None, DEMO["arch"], 5)  # --demo ignores the file's model
+
+
+def test_bench_flags_override_the_profile():
+    from energysplit.cli import build_parser
+    from energysplit.cli.bench import bench_config
+    from energysplit.pipeline.bench import PROFILES
+
+    def config(*args):
+        return bench_config(build_parser("bench").parse_args(["bench", *args]))
+
+    assert config("--profile", "tiny") == PROFILES["tiny"]
+    c = config("--models", "a,b", "--budgets", "mobile:0.5,cpu:0.7", "--seeds", "1,2", "--device", "cuda")
+    assert (c.models, c.budgets, c.seeds, c.latency_models, c.device) == (
+        ("a", "b"), (("mobile", 0.5), ("cpu", 0.7)), (1, 2), ("a", "b"), "cuda")
+    assert c.methods == PROFILES["quick"].methods
+
+
+def test_compress_help_is_fast_to_build():
+    """Only the command being run gets its flags: `energysplit compress --help` imports no torch."""
+    code = ("import sys; from energysplit.cli import build_parser; build_parser('compress').format_help(); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

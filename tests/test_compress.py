@@ -72,8 +72,18 @@ def test_demo_writes_every_output(demo):
     assert sum(line.startswith("step ") for line in proc.stdout.splitlines()) == len(steps)
 
     md = (out / "report.md").read_text()
-    assert "| metric | before | after | after/before |" in md
-    assert "| mobile [mJ] |" in md and "| cpu [ms] |" in md and "## Widths per neuron group" in md
+    metrics = _markdown_table(md, "metric")
+    assert metrics[0] == ["metric", "before", "after", "after/before"]
+    assert [row[0] for row in metrics[1:]] == list(report["before"])  # every metric, in the report's order
+    for key, before, after, ratio in metrics[1:]:
+        b, a = report["before"][key], report["after"][key]
+        for cell, value in ((before, b), (after, a)):  # 4 significant digits, or a whole number from 1,000 up
+            assert float(cell.replace(",", "")) == (pytest.approx(value, rel=5e-4) if abs(value) < 1000
+                                                    else pytest.approx(value, abs=0.5)), (key, cell, value)
+        assert float(ratio) == pytest.approx(a / b, abs=1e-3)
+    assert "## Widths per neuron group" in md
+    assert _markdown_table(md, "group")[1:] == [[g, str(w), str(widths["after"][g])] for g, w in widths["before"].items()]
+    assert [int(row[0]) for row in _markdown_table(md, "step")[1:]] == [s["step"] for s in steps]
     assert budget["final_measured"] == report["after"]["mobile [mJ]"] == pytest.approx(budget["final_cost"])
     assert f"- budget check: predicted {budget['final_cost']:.4g} mJ, estimated" in md and "over the budget" not in md
     assert (out / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,6 +93,21 @@ def test_demo_writes_every_output(demo):
     # the summary table on stdout, nothing alarming on stderr
     assert "after/before" in proc.stdout and "mobile [mJ]" in proc.stdout
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
+
+
+def _markdown_table(md: str, first: str) -> list[list[str]]:
+    """The header and rows (cells stripped) of the Markdown table whose first header cell is ``first``."""
+    rows, inside = [], False
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells and cells[0] == first:
+            inside = True
+        if inside and not cells:
+            break
+        if inside and not set(line) <= set("|:- "):
+            rows.append(cells)
+    assert rows, f"no table starting with {first!r}"
+    return rows
 
 
 def test_onnx_matches_the_reloaded_archive(demo):
@@ -353,10 +378,16 @@ def test_config_precedence(tmp_path):
     config = CompressConfig.resolve(DEMO, from_file, {"target": "flops", "seed": None})
     assert (config.epochs, config.target, config.arch, config.force) == (5, "flops", "mobilenet_v2", False)
     (tmp_path / "bad.json").write_text(json.dumps({"epoch": 5}))
-    from energysplit.errors import EnergySplitError
+    from energysplit.errors import ConfigError, InputFileError
 
-    with pytest.raises(EnergySplitError, match="unknown keys"):
+    with pytest.raises(ConfigError, match=r"has unknown keys \['epoch'\]"):
         read_config_file(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(InputFileError, match="cannot read config file") as info:
+        read_config_file(tmp_path / "broken.json")
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)  # the cause is kept for a developer
+    with pytest.raises(ConfigError, match="epochs must be float, got 'five'"):
+        CompressConfig.resolve(DEMO, {"epochs": "five"})
 
 
 def test_the_report_flags_a_measured_cost_over_the_budget():
