@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from energysplit.splitting.curvature import ACTIVATIONS, CurvatureConfig, derivatives
-from energysplit.errors import UnsupportedModelError
+from energysplit.errors import ConfigError, UnsupportedModelError
 
 # activation name -> (the function itself, module passed for parameters)
 ANALYTIC = {
@@ -96,8 +96,9 @@ def test_sigmoid_slope_option_is_the_softplus_derivative():
 
 def test_config_validates_and_linear_proxy_value():
     assert CurvatureConfig().linear_value == 1.0 and CurvatureConfig(linear="zero").linear_value == 0.0
-    for bad in ({"relu": "exact"}, {"beta": 0}, {"beta": float("nan")}, {"linear": "one"}, {"relu_slope": "x"}):
-        with pytest.raises(ValueError):
+    for bad, field in [({"relu": "exact"}, "relu"), ({"beta": 0}, "beta"), ({"beta": float("nan")}, "beta"),
+                       ({"linear": "one"}, "linear"), ({"relu_slope": "x"}, "relu_slope")]:
+        with pytest.raises(ConfigError, match=rf"CurvatureConfig\.{field} must be .*, got {bad[field]!r}"):
             CurvatureConfig(**bad)
 
 

@@ -12,6 +12,10 @@ First derivatives of piecewise-linear activations are the true step functions by
 own first-order response: the split's second-order term from an earlier activation travels through the
 real network), or the sigmoid surrogate (the derivative of the same softplus) with
 ``relu_slope="sigmoid"``.
+
+Rules are keyed by the canonical activation names of the tracer's one table
+(:data:`energysplit.graph.ops.ACTIVATIONS`; tests check that every name there has a rule), plus
+``identity`` and the alias ``swish``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 from .._registry import Registry
 
 
@@ -43,13 +47,13 @@ class CurvatureConfig:
 
     def __post_init__(self):
         if self.relu not in ("softplus", "zero"):
-            raise ValueError(f"CurvatureConfig.relu must be 'softplus' or 'zero', got {self.relu!r}")
+            raise ConfigError(f"CurvatureConfig.relu must be 'softplus' or 'zero', got {self.relu!r}")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"CurvatureConfig.beta must be a positive number, got {self.beta!r}")
+            raise ConfigError(f"CurvatureConfig.beta must be a positive number, got {self.beta!r}")
         if self.linear not in ("unit", "zero"):
-            raise ValueError(f"CurvatureConfig.linear must be 'unit' or 'zero', got {self.linear!r}")
+            raise ConfigError(f"CurvatureConfig.linear must be 'unit' or 'zero', got {self.linear!r}")
         if self.relu_slope not in ("step", "sigmoid"):
-            raise ValueError(f"CurvatureConfig.relu_slope must be 'step' or 'sigmoid', got {self.relu_slope!r}")
+            raise ConfigError(f"CurvatureConfig.relu_slope must be 'step' or 'sigmoid', got {self.relu_slope!r}")
 
     @property
     def linear_value(self) -> float:
