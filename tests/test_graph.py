@@ -2,10 +2,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision as tv
 from torch import nn
 
 from energysplit.errors import UnsupportedModelError
-from energysplit.graph.trace import RESIDUAL, build_inventory
+from energysplit.graph.channels import RESIDUAL
+from energysplit.graph.trace import build_inventory
 from energysplit.zoo import create_model, list_models
 
 
@@ -52,7 +54,6 @@ def test_mobilenet_v1_depthwise_is_follower():
 
 
 def test_vgg_flatten_repeat_and_linear_chain():
-    tv = pytest.importorskip("torchvision")
     inv = build_inventory(tv.models.vgg11_bn(weights=None, num_classes=10), (3, 32, 32))
     last_conv = inv["features.25:out"]
     assert last_conv.consumers[0].module == "classifier.0" and last_conv.consumers[0].repeat == 49
@@ -61,7 +62,6 @@ def test_vgg_flatten_repeat_and_linear_chain():
 
 
 def test_resnet18_torchvision_couples_stem_with_stage():
-    tv = pytest.importorskip("torchvision")
     inv = build_inventory(tv.models.resnet18(weights=None), (3, 32, 32))
     g = inv["conv1:out"]
     assert g.producers == ("conv1", "layer1.0.conv2", "layer1.1.conv2") and g.reason == RESIDUAL
@@ -69,7 +69,6 @@ def test_resnet18_torchvision_couples_stem_with_stage():
 
 
 def test_mobilenet_v3_squeeze_excitation_gate_is_follower():
-    tv = pytest.importorskip("torchvision")
     inv = build_inventory(tv.models.mobilenet_v3_small(weights=None), (3, 32, 32))
     g = inv["features.4.block.0.0:out"]
     assert g.splittable and "features.4.block.2.fc2" in g.followers

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision as tv
 from torch import nn
 
 from energysplit.errors import EnergySplitError
@@ -12,8 +13,6 @@ from energysplit.graph.trace import build_inventory
 from energysplit.graph.plan import Plan, Remove, Split
 from energysplit.graph.surgery import apply_plan_
 from energysplit.zoo import create_model
-
-tv = pytest.importorskip("torchvision")
 
 
 class CatResNet(nn.Module):
