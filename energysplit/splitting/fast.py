@@ -2,10 +2,11 @@
 
 Every splittable producer gets y (exactly 0) and v (current unit directions), both shaped like its
 weight; one backward pass gives dL/dy = minibatch estimate of S v for every neuron of every layer
-(:mod:`energysplit.splitting.jets`). v follows the Rayleigh gradient 2 (S v - (v^T S v) v) with RMSprop +
-momentum and is renormalised per neuron after each step. v = renormalised mean of the last pass's
-iterates v_t. lambda: the reference takes the mean Rayleigh quotient over the last pass
-(``eigval_estimate="mean"``); the default ``"cross"`` takes v_bar^T w_bar / |v_bar|^2 with v_bar, w_bar the
+(:mod:`energysplit.splitting.jets`). v follows the Rayleigh gradient 2 (S v - (v^T S v) v) with
+``torch.optim.RMSprop`` + momentum (lr: ``CosineAnnealingLR``; eps relative to each layer's scale) and is
+renormalised per neuron after each step. v = renormalised mean of the last pass's iterates v_t.
+lambda: the reference takes the mean Rayleigh quotient over the last pass (``eigval_estimate="mean"``);
+the default ``"cross"`` takes v_bar^T w_bar / |v_bar|^2 with v_bar, w_bar the
 last pass's means of v_t and of the products S_b v_t, i.e. the Rayleigh quotient of the averaged
 direction, without the upward bias that the noise of each iterate adds to the mean quotient.
 
@@ -26,11 +27,14 @@ images (measured before the warm-up existed) 0.69-0.72 after 1 pass, 0.96-0.98 a
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from ..errors import ConfigError
 from ..graph.inventory import Group
 from .chains import ChainTaps
 from .curvature import CurvatureConfig
@@ -38,6 +42,7 @@ from .jets import AdjointJet, TermJet
 from .solver import SOLVERS, GroupScores, iterate_batches, num_batches
 
 JETS = {"adjoint": AdjointJet, "term": TermJet}
+EPS = 1e-30  # RMSprop's eps floor (a chain without curvature has S v = 0); the rest is relative, see _relative_eps
 
 
 @dataclass(frozen=True)
@@ -63,19 +68,19 @@ class FastConfig:
 
     def __post_init__(self):
         if self.engine not in JETS:
-            raise ValueError(f"FastConfig.engine must be one of {', '.join(JETS)}, got {self.engine!r}")
+            raise ConfigError(f"FastConfig.engine must be one of {', '.join(JETS)}, got {self.engine!r}")
         if self.eigval_estimate not in ("cross", "mean"):
-            raise ValueError(f"FastConfig.eigval_estimate must be 'cross' or 'mean', got {self.eigval_estimate!r}")
+            raise ConfigError(f"FastConfig.eigval_estimate must be 'cross' or 'mean', got {self.eigval_estimate!r}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"FastConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+            raise ConfigError(f"FastConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 <= self.warmup <= 1:
-            raise ValueError(f"FastConfig.warmup must be in [0, 1] (a fraction of a pass), got {self.warmup}")
+            raise ConfigError(f"FastConfig.warmup must be in [0, 1] (a fraction of a pass), got {self.warmup}")
         if self.passes < 1:
-            raise ValueError(f"FastConfig.passes must be >= 1, got {self.passes}")
+            raise ConfigError(f"FastConfig.passes must be >= 1, got {self.passes}")
         if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("FastConfig.lr and batch_size must be positive")
+            raise ConfigError("FastConfig.lr and batch_size must be positive")
         if not (0 <= self.momentum < 1 and 0 < self.alpha < 1):
-            raise ValueError("FastConfig needs 0 <= momentum < 1 and 0 < alpha < 1")
+            raise ConfigError("FastConfig needs 0 <= momentum < 1 and 0 < alpha < 1")
 
 
 def _unit_rows(t: Tensor) -> Tensor:
@@ -88,35 +93,29 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
     config = config or FastConfig()
     if not isinstance(config, FastConfig):
         raise TypeError(f"the fast solver takes a FastConfig, got {type(config).__name__}")
-    gen = torch.Generator().manual_seed(config.seed)
-    trackers, state = [], {}
-    for g in groups:
-        tracker = JETS[config.engine](g, model, curvature, None, None)
-        w = tracker.producer.weight
-        v = _unit_rows(torch.randn(w.shape, generator=gen, dtype=torch.float64)).to(w.device, w.dtype)
-        tracker.v, tracker.y = v, torch.zeros_like(w, requires_grad=True)
-        trackers.append(tracker)
-        state[g.id] = {"sq": torch.zeros_like(w), "buf": torch.zeros_like(w),
-                       "r_sum": torch.zeros(len(w), dtype=torch.float64, device=w.device),
-                       "v_sum": torch.zeros_like(w, dtype=torch.float64), "n": 0}
-    ys = [t.y for t in trackers]
+    trackers = _trackers(model, groups, curvature, config)
+    optimizer = torch.optim.RMSprop([{"params": [t.v]} for t in trackers], lr=config.lr, alpha=config.alpha,
+                                    eps=EPS, momentum=config.momentum)  # one group each: its own eps
+    sums = {t.group.id: _zero_sums(t.v) for t in trackers}
     steps_per_pass = num_batches(batches, config.batch_size)
-    reducer = _data_parallel()  # None in a single process
-    from ..training.loop import progress_bar
-
     warm = math.ceil(config.warmup * steps_per_pass) if steps_per_pass else 0  # unknown length: no warm-up
-    total = config.passes * steps_per_pass + warm if steps_per_pass else None
-    from ..training.distributed import is_main
-
-    show = config.progress and is_main()
-    bar = progress_bar(range(total or 0), total, "splitting scores", show) if show else None
+    schedule = _cosine(optimizer, config, steps_per_pass) if steps_per_pass else None
+    reducer = _data_parallel()  # None in a single process
+    bar = _progress(config, config.passes * steps_per_pass + warm if steps_per_pass else None)
     with ChainTaps(model, trackers) as taps:
-        def step(x, target, lr, last):
+        ys = [t.y for t in trackers]
+
+        def step(x, target, last):
             grads = (_products(taps, ys, x, target, loss_fn) if reducer is None else
                      reducer.products(lambda xs, ts: _products(taps, ys, xs, ts, loss_fn), ys, x, target))
             for tracker, sv in zip(trackers, grads):
-                _step(tracker, sv, state[tracker.group.id], config, lr, last)
-            if bar is not None and hasattr(bar, "update"):
+                _rayleigh_grad(tracker, sv, sums[tracker.group.id] if last else None)
+            _relative_eps(optimizer, config.alpha)
+            optimizer.step()
+            with torch.no_grad():
+                for tracker in trackers:
+                    tracker.v.copy_(_unit_rows(tracker.v))
+            if bar is not None:
                 bar.update(1)
 
         # warm-up: the first batches of the first pass at constant lr, so that the averaged pass starts
@@ -125,34 +124,68 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
                                                         seed=config.seed) if warm else ()):
             if i >= warm:
                 break
-            step(x, target, config.lr, False)
+            step(x, target, False)
         for epoch in range(config.passes):
-            last = epoch == config.passes - 1
             for i, (x, target) in enumerate(iterate_batches(batches, config.batch_size, shuffle=True,
                                                             seed=config.seed + epoch)):
-                step(x, target, _lr(config, epoch, i, steps_per_pass), last)
-            steps_per_pass = steps_per_pass or i + 1
-    if bar is not None and hasattr(bar, "close"):
+                step(x, target, epoch == config.passes - 1)
+                if schedule is not None:
+                    schedule.step()
+            if steps_per_pass is None:  # now known: the cosine takes over where the first pass ends
+                steps_per_pass = i + 1
+                schedule = _cosine(optimizer, config, steps_per_pass, done=steps_per_pass)
+    if bar is not None:
         bar.close()
-    out = {}
-    for tracker in trackers:
-        st = state[tracker.group.id]
-        n = max(st["n"], 1)
-        if config.eigval_estimate == "cross" and "sv_sum" in st:
-            vbar, svbar = st["v_sum"] / n, st["sv_sum"] / n
-            lam = (vbar * svbar).flatten(1).sum(1) / vbar.flatten(1).pow(2).sum(1).clamp_min(1e-300)
-        else:
-            lam = st["r_sum"] / n
-        out[tracker.group.id] = GroupScores(lam.to(tracker.v.dtype), _unit_rows(st["v_sum"]).to(tracker.v.dtype))
+    out = {t.group.id: _estimate(sums[t.group.id], config, t.v.dtype) for t in trackers}
     return out if reducer is None else reducer.agree(out)
 
 
-def _lr(config: FastConfig, epoch: int, i: int, steps_per_pass: int | None) -> float:
-    """Cosine decay to 0 over all passes (constant during the first pass if its length is unknown)."""
-    if config.schedule == "constant" or not steps_per_pass:
-        return config.lr
-    progress = min(1.0, (epoch * steps_per_pass + i) / (config.passes * steps_per_pass))
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+def _relative_eps(optimizer: torch.optim.RMSprop, alpha: float) -> None:
+    """Set each group's eps to 1e-12 of its own RMS scale (+ EPS) for the coming step: the S v of different
+    layers lie orders of magnitude apart, and entries 1e-12 below their group's largest are rounding noise
+    that a fixed eps would blow up to full-size steps. The scale is the max of the square_avg that RMSprop
+    is about to compute, alpha square_avg + (1 - alpha) grad^2 (one host sync for all groups)."""
+    peaks = []
+    for group in optimizer.param_groups:
+        (v,) = group["params"]
+        previous = optimizer.state[v].get("square_avg")
+        coming = v.grad.square().mul_(1 - alpha)
+        peaks.append((coming if previous is None else coming.add_(previous, alpha=alpha)).max())
+    for group, peak in zip(optimizer.param_groups, torch.stack(peaks).sqrt().tolist()):
+        group["eps"] = 1e-12 * peak + EPS
+
+
+def _trackers(model, groups: list[Group], curvature: CurvatureConfig, config: FastConfig) -> list[TermJet]:
+    """One jet per group, with y = 0 and seeded random unit directions v (the RMSprop parameters)."""
+    gen = torch.Generator().manual_seed(config.seed)
+    trackers = []
+    for g in groups:
+        tracker = JETS[config.engine](g, model, curvature, None, None)
+        w = tracker.producer.weight
+        tracker.v = _unit_rows(torch.randn(w.shape, generator=gen, dtype=torch.float64)).to(w.device, w.dtype)
+        tracker.y = torch.zeros_like(w, requires_grad=True)
+        trackers.append(tracker)
+    return trackers
+
+
+def _cosine(optimizer, config: FastConfig, steps_per_pass: int, done: int = 0) -> CosineAnnealingLR | None:
+    """The lr's cosine decay to 0 over all passes, ``done`` steps in; None for a constant lr."""
+    if config.schedule == "constant":
+        return None
+    schedule = CosineAnnealingLR(optimizer, T_max=config.passes * steps_per_pass)
+    with warnings.catch_warnings():  # fast-forward over steps already taken (at constant lr)
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before", UserWarning)
+        for _ in range(done):
+            schedule.step()
+    return schedule
+
+
+def _progress(config: FastConfig, total: int | None):
+    """A tqdm bar over the scoring steps on the main process, if asked for; else None."""
+    from ..training.distributed import is_main
+    from ..training.loop import progress_bar
+
+    return progress_bar(range(total or 0), total, "splitting scores", True) if config.progress and is_main() else None
 
 
 def _data_parallel():
@@ -186,21 +219,32 @@ def splitting_products(model: nn.Module, batch: tuple[Tensor, Tensor], groups: l
     return {t.group.id: torch.zeros_like(t.v) if sv is None else sv for t, sv in zip(trackers, grads)}
 
 
-def _step(tracker: TermJet, sv: Tensor | None, st: dict, config: FastConfig, lr: float, last: bool) -> None:
-    """One RMSprop + momentum step on the Rayleigh quotient of every neuron of the group, then renormalise."""
+def _zero_sums(v: Tensor) -> dict:
+    """Running sums over the averaged pass: v^T S v per neuron, v, S v (float64) and the step count."""
+    zeros = torch.zeros_like(v, dtype=torch.float64)
+    return {"r": zeros.flatten(1).sum(1), "v": zeros, "sv": zeros.clone(), "n": 0}
+
+
+def _rayleigh_grad(tracker: TermJet, sv: Tensor | None, sums: dict | None) -> None:
+    """Set ``v.grad`` to the Rayleigh gradient 2 (S v - (v^T S v) v) of every neuron of the group; on the
+    averaged pass, add v, v^T S v and S v to ``sums``."""
     v = tracker.v
     if sv is None:  # the chain has no curvature at all under this rule: S = 0
         sv = torch.zeros_like(v)
-    shape = (-1,) + (1,) * (v.dim() - 1)
     r = (v * sv).reshape(len(v), -1).sum(1)
-    grad = 2 * (sv - r.view(shape) * v)
-    st["sq"].mul_(config.alpha).addcmul_(grad, grad, value=1 - config.alpha)
-    denom = st["sq"].sqrt()
-    denom.add_(1e-12 * denom.max().clamp_min(1e-300) + 1e-30)  # eps relative to the group's scale
-    st["buf"].mul_(config.momentum).add_(grad / denom)
-    tracker.v = _unit_rows(v - lr * st["buf"])
-    if last:
-        st["r_sum"] += r.double()
-        st["v_sum"] += v.double()
-        st.setdefault("sv_sum", torch.zeros_like(st["v_sum"])).add_(sv.double())
-        st["n"] += 1
+    v.grad = 2 * (sv - r.view((-1,) + (1,) * (v.dim() - 1)) * v)
+    if sums is not None:
+        for key, value in (("r", r), ("v", v), ("sv", sv)):
+            sums[key] += value.double()
+        sums["n"] += 1
+
+
+def _estimate(sums: dict, config: FastConfig, dtype: torch.dtype) -> GroupScores:
+    """lambda and v from the averaged pass (module doc: ``cross`` or ``mean`` estimate)."""
+    n = max(sums["n"], 1)
+    if config.eigval_estimate == "cross":
+        vbar, svbar = sums["v"] / n, sums["sv"] / n
+        lam = (vbar * svbar).flatten(1).sum(1) / vbar.flatten(1).pow(2).sum(1).clamp_min(1e-300)
+    else:
+        lam = sums["r"] / n
+    return GroupScores(lam.to(dtype), _unit_rows(sums["v"]).to(dtype))
