@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from . import ops
 from ..errors import EnergySplitError, UnsupportedModelError, first_line
-from .channels import RESIDUAL, ChannelGraph, Segment, node_args, shape_of  # noqa: F401 (RESIDUAL: re-exported)
+from .channels import ChannelGraph, Segment, node_args, shape_of
 from .inventory import ChainOp, Inventory
 
 
