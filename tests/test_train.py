@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from energysplit.training.loop import TrainConfig, evaluate, lr_factor, train
+from energysplit.training.loop import TrainConfig, evaluate, lr_schedule, train
 from energysplit.zoo import create_model
 
 
@@ -36,18 +38,33 @@ def test_evaluate_is_deterministic_and_restores_mode(digits):
     assert model.training
 
 
+def _lrs(total, **settings):
+    """The lr of each step of a run of ``total`` steps under TrainConfig(lr=1, **settings)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    set_lr = lr_schedule(optimizer, TrainConfig(lr=1.0, **settings), total)
+    out = []
+    for step in range(total):
+        set_lr(step)
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+    return out
+
+
 def test_schedules():
-    assert lr_factor("cosine", 0, 100) == 1.0 and abs(lr_factor("cosine", 100, 100)) < 1e-12
-    assert lr_factor("step", 60, 100) == 0.1 and lr_factor("step", 80, 100) == 0.01
-    assert lr_factor("constant", 50, 100) == 1.0
-    assert lr_factor("cosine", 0, 100, warmup=4) == 0.25
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 100)) for k in range(100)]
+    assert _lrs(100) == pytest.approx(cosine, abs=1e-15) and _lrs(100)[0] == 1.0
+    assert _lrs(100, schedule="step")[49:51] == [1.0, 0.1] and _lrs(100, schedule="step")[74:76] == [0.1, 0.01]
+    assert _lrs(100, schedule="constant") == [1.0] * 100
+    assert _lrs(100, warmup_steps=4)[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, cosine[4]], abs=1e-15)
 
 
 def test_phases_with_spans_follow_one_schedule():
-    whole = [lr_factor("cosine", s, 100) for s in range(100)]
+    whole = _lrs(100)
     phases = [(0.0, 0.3, 30), (0.3, 0.5, 20), (0.5, 1.0, 50)]
-    pieced = [lr_factor("cosine", s, n, span=(a, b)) for a, b, n in phases for s in range(n)]
-    assert pieced == pytest.approx(whole)
-    assert lr_factor("cosine", 0, 10, span=(0.5, 1.0)) == pytest.approx(0.5)  # not a restart at 1.0
+    pieced = [lr for a, b, n in phases for lr in _lrs(n, span=(a, b))]
+    assert pieced == pytest.approx(whole, abs=1e-15)
+    assert _lrs(10, span=(0.5, 1.0))[0] == pytest.approx(0.5)  # not a restart at 1.0
+    assert _lrs(3, span=(1.0, 1.0)) == [0.0] * 3  # past the recipe's end: the cosine is over, no new cycle
+    assert _lrs(4, span=(0.5, 0.5)) == pytest.approx([0.5] * 4)
     with pytest.raises(ValueError, match="span"):
         TrainConfig(span=(0.6, 0.4))
