@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..cost.budget import MIN_CHANNELS
 from ..errors import BudgetError, ConfigError
 from ..graph.inventory import Inventory
 from ..graph.plan import Plan, Remove
@@ -21,7 +22,7 @@ from ..graph.surgery import apply_plan_
 @dataclass(frozen=True)
 class PruneConfig:
     min_fraction: float = 0.1  # every group keeps at least this fraction of its starting width
-    min_channels: int = 2
+    min_channels: int = MIN_CHANNELS  # the floor budget checks assume (cost.budget)
     cost_aware: bool = False  # rank by importance / saving instead of importance
     max_rounds: int = 50
     channel_multiple: int = 1  # remove channels in blocks that keep widths multiples of this (:mod:`.alignment`)
