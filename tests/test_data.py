@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from energysplit.errors import DataError
-from energysplit.training.data import fashion_mnist_dir, load_dataset, load_fashion_mnist, read_idx
+from energysplit.training.data import (SPLIT_SEED, fashion_mnist_dir, load_dataset, load_fashion_mnist, read_idx,
+                                       seeded_split)
 
 
 def _write_idx(path, array: torch.Tensor):
@@ -31,6 +32,32 @@ def test_idx_roundtrip_and_truncation(tmp_path):
         f.write(raw[:-5])
     with pytest.raises(DataError, match="truncated"):
         read_idx(tmp_path / "b.gz")
+
+
+def test_idx_plain_garbled_and_unreadable_files(tmp_path):
+    array = torch.arange(12, dtype=torch.uint8).reshape(3, 4)
+    _write_idx(tmp_path / "a.gz", array)
+    (tmp_path / "plain").write_bytes(gzip.open(tmp_path / "a.gz").read())
+    assert torch.equal(read_idx(tmp_path / "plain"), array)
+    (tmp_path / "text").write_bytes(b"hello, world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(tmp_path / "text")
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path / "bad.gz")
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path / "missing.gz")
+
+
+def test_splits_are_the_seeded_permutation_of_earlier_versions(digits):
+    """random_split with SPLIT_SEED cuts the same permutation the loaders always used: figures do not move."""
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    parts = seeded_split(1797, [1197, 300, 300])
+    assert [p.tolist() for p in parts] == [order[:1197].tolist(), order[1197:1497].tolist(), order[1497:].tolist()]
+    from sklearn.datasets import load_digits
+
+    labels = torch.tensor(load_digits().target)
+    assert torch.equal(digits.val.tensors[1], labels[order[1197:1497]])
 
 
 def test_fashion_from_directory_is_deterministic(tmp_path):

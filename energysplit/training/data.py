@@ -1,18 +1,19 @@
 """Datasets: Fashion-MNIST (Debian ``dataset-fashion-mnist`` IDX files), scikit-learn digits,
 and any ``torchvision.datasets.ImageFolder`` directory. Nothing is downloaded at run time.
 
-Splits are deterministic: the validation set is a fixed, seeded slice of the training files.
+Splits are deterministic: the validation set is a fixed, seeded ``random_split`` of the training files.
 """
 from __future__ import annotations
 
 import gzip
 import os
-import struct
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset, random_split
 
 from ..errors import DataError
 
@@ -52,25 +53,28 @@ class DataSplits:
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
-    """Read an IDX file (optionally gzipped) into a uint8 tensor (LeCun's MNIST format)."""
+    """An unsigned-byte IDX file (LeCun's MNIST format), optionally gzipped, as a uint8 tensor; read by
+    torchvision's MNIST reader (a gzipped file is unpacked into a temporary file for it first)."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    count = 1
-    for d in dims:
-        count *= d
-    body = raw[4 + 4 * ndim:]
-    if len(body) != count:
-        raise DataError(f"{path} is truncated: expected {count} bytes of data, found {len(body)}")
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
+        if path.suffix != ".gz":
+            tensor = read_sn3_pascalvincent_tensor(str(path), strict=False)
+        else:
+            with gzip.open(path, "rb") as packed, tempfile.NamedTemporaryFile(suffix=".idx") as plain:
+                shutil.copyfileobj(packed, plain)
+                plain.flush()
+                tensor = read_sn3_pascalvincent_tensor(plain.name, strict=False)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    except (AssertionError, KeyError, ValueError) as exc:  # the reader's checks of the magic number
+        raise DataError(f"{path} is not an IDX file") from exc
+    except RuntimeError as exc:  # the data does not fill the shape the header gives
+        raise DataError(f"{path} is truncated: its data does not match the shape in its header ({exc})") from exc
+    if tensor.dtype != torch.uint8:
+        raise DataError(f"{path} is not an unsigned-byte IDX file ({tensor.dtype})")
+    return tensor
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -96,10 +100,10 @@ def fashion_mnist_dir(data_dir: str | Path | None = None) -> Path:
     )
 
 
-def _split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int):
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val_idx, train_idx = order[:val_size], order[val_size:]
-    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+def seeded_split(n: int, sizes: list[int]) -> list[torch.Tensor]:
+    """Indices of ``n`` items cut into parts of ``sizes`` by ``random_split`` with the fixed SPLIT_SEED."""
+    parts = random_split(range(n), sizes, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return [torch.tensor(part.indices, dtype=torch.long) for part in parts]
 
 
 def _normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -113,8 +117,10 @@ def load_fashion_mnist(data_dir: str | Path | None = None, val_size: int = 5000)
     mean, std = 0.2860, 0.3530  # Fashion-MNIST training-set statistics
     train_x = _normalise(arrays["train_images"], mean, std).unsqueeze(1)
     test_x = _normalise(arrays["test_images"], mean, std).unsqueeze(1)
-    (tx, ty), (vx, vy) = _split_train_val(train_x, arrays["train_labels"].long(), val_size)
-    return DataSplits("fashion-mnist", TensorDataset(tx, ty), TensorDataset(vx, vy),
+    train_y = arrays["train_labels"].long()
+    val_idx, train_idx = seeded_split(len(train_y), [val_size, len(train_y) - val_size])
+    return DataSplits("fashion-mnist", TensorDataset(train_x[train_idx], train_y[train_idx]),
+                      TensorDataset(train_x[val_idx], train_y[val_idx]),
                       TensorDataset(test_x, arrays["test_labels"].long()), 1, 10, 28)
 
 
@@ -122,16 +128,14 @@ def load_digits() -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1,797 images): 1,197 train / 300 val / 300 test."""
     try:
         from sklearn.datasets import load_digits as sk_digits
-    except ImportError:
-        raise DataError("the digits dataset needs scikit-learn: `pip install scikit-learn`") from None
+    except ImportError as exc:
+        raise DataError("the digits dataset needs scikit-learn: `pip install scikit-learn`") from exc
     bunch = sk_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = (images - 0.3) / 0.4
     labels = torch.tensor(bunch.target, dtype=torch.long)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    images, labels = images[order], labels[order]
-    parts = [(0, 1197), (1197, 1497), (1497, len(labels))]
-    train, val, test = (TensorDataset(images[a:b], labels[a:b]) for a, b in parts)
+    parts = seeded_split(len(labels), [1197, 300, len(labels) - 1497])
+    train, val, test = (TensorDataset(images[idx], labels[idx]) for idx in parts)
     return DataSplits("digits", train, val, test, 1, 10, 8)
 
 
@@ -160,13 +164,11 @@ def load_image_folder(root: str | Path, image_size: int = 32, grayscale: bool = 
         else:
             full = datasets.ImageFolder(root, transform=tf)
             classes = len(full.classes)
-            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
             n_val, n_test = int(len(full) * val_fraction), int(len(full) * test_fraction)
-            val = Subset(full, order[:n_val])
-            test = Subset(full, order[n_val:n_val + n_test])
-            train = Subset(full, order[n_val + n_test:])
+            val, test, train = (Subset(full, idx.tolist())
+                                for idx in seeded_split(len(full), [n_val, n_test, len(full) - n_val - n_test]))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"cannot read image folder {root}: {exc}") from None
+        raise DataError(f"cannot read image folder {root}: {exc}") from exc
     return DataSplits(f"folder:{root.name}", train, val, test, 1 if grayscale else 3, classes, image_size)
 
 
