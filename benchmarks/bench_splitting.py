@@ -105,7 +105,7 @@ def recalibrate_bn_(model, batches) -> None:
 def exact_scores(model, batches, inventory, memory_gb=2.0):
     """The exact solver in two timed halves (accumulating S, then eigh): same as method='exact'."""
     from energysplit import GroupScores, splitting_matrices
-    from energysplit.splitting.scores import evaluating
+    from energysplit.splitting.solver import evaluating
     from energysplit.splitting.exact import ExactConfig, smallest_eigenpairs
 
     config = ExactConfig(memory_limit=memory_gb * 1e9)

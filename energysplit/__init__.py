@@ -34,7 +34,7 @@ _API = {
     "TARGETS": "cost.estimator", "create_estimator": "cost.estimator", "create_target": "cost.estimator",
     "target_info": "cost.estimator", "parse_budget": "cost.budget", "check_estimator": "cost.conformance",
     # splitting
-    "splitting_scores": "splitting.scores", "GroupScores": "splitting.scores", "SOLVERS": "splitting.scores",
+    "splitting_scores": "splitting.scores", "GroupScores": "splitting.solver", "SOLVERS": "splitting.scores",
     "CurvatureConfig": "splitting.curvature", "FastConfig": "splitting.fast", "ExactConfig": "splitting.exact",
     "splitting_matrices": "splitting.exact", "select_splits": "splitting.selection",
     "Selection": "splitting.selection", "SELECTORS": "splitting.selection",

@@ -136,3 +136,13 @@ def test_imports_follow_the_pipeline():
     offenders = sorted(f"{a} imports {b}" for a, edges in _graph().items() for b in edges
                        if _package(a) != _package(b) and level[_package(b)] >= level[_package(a)])
     assert not offenders, "\n".join(offenders)
+
+
+def test_setup_cfg_installs_every_package():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages == listed, f"setup.cfg [options] packages must list exactly {sorted(packages)}"

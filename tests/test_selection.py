@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from energysplit.splitting.scores import GroupScores
+from energysplit.splitting.solver import GroupScores
 from energysplit.errors import BudgetError
 from energysplit.graph.plan import Plan, Split
 from energysplit.splitting.selection import SELECTORS, select_splits
