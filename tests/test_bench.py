@@ -29,7 +29,7 @@ def test_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
 def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
     import pandas as pd
 
-    from energysplit.pipeline.bench import goal_lines
+    from energysplit.pipeline.summary import goal_lines
 
     rows = [("splitting", 0.80, 1.0), ("taylor", 0.79, 1.0), ("l1", 0.70, 1.0), ("uniform", 0.78, 1.0),
             ("uniform-scratch", 0.81, 0.9)]
@@ -96,7 +96,8 @@ def test_a_claim_by_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_summary_tables_the_mean_and_std_over_seeds(tmp_path):
-    from energysplit.pipeline.bench import FIELDS, summarise
+    from energysplit.pipeline.bench import FIELDS
+    from energysplit.pipeline.summary import summarise
 
     def row(method, seed, acc, status="ok", error=""):
         return {"model": "m", "target": "mobile", "budget_name": "0.5", "budget": 1.0, "unit": "mJ", "method": method,

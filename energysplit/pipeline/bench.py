@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .._io import atomic_write_json
+from .summary import summarise
 
 FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", "test_accuracy", "flops_MACs",
           "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error"]
@@ -251,97 +252,3 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
             summarise(out)
     barrier()
     return out
-
-
-def summarise(out: str | Path):
-    """Mean and std over seeds per model/budget/method -> summary.csv, summary.md and pareto.png."""
-    import pandas as pd
-
-    out = Path(out)
-    df = pd.read_csv(out / "results.csv")
-    ok = df[df.status == "ok"]
-    cols = ["test_accuracy", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s"]
-    summary = ok.groupby(["model", "target", "budget_name", "method"])[cols].agg(["mean", "std", "count"])
-    summary.columns = ["_".join(c) for c in summary.columns]
-    summary = summary.reset_index()
-    summary.to_csv(out / "summary.csv", index=False)
-    lines = [markdown_summary(summary)] + goal_lines(summary)
-    failed = df[df.status != "ok"]
-    if len(failed):
-        lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed "
-                                         f"{'-' if pd.isna(r.seed) else int(r.seed)}: {r.error}"
-                                         for _, r in failed.iterrows()]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    pareto_plot(ok, out / "pareto.png")
-    return summary
-
-
-def markdown_summary(summary) -> str:
-    """The summary as a Markdown table: per model, target and budget, the methods by mean accuracy."""
-    s = summary.sort_values(["model", "target", "budget_name", "test_accuracy_mean"],
-                            ascending=[True, True, False, False])
-    table = s[["model", "target", "budget_name", "method"]].rename(columns={"budget_name": "budget"})
-    table["accuracy (mean ± std, n)"] = [f"{m:.4f} ± {sd:.4f} ({int(n)})" for m, sd, n in zip(
-        s.test_accuracy_mean, s.test_accuracy_std.fillna(0.0), s.test_accuracy_count)]
-    table["mobile mJ"] = s.mobile_mJ_mean.map("{:.4f}".format)
-    table["cpu ms"] = s.cpu_ms_mean.map("{:.3f}".format)
-    table["MACs"] = s.flops_MACs_mean.map("{:,.0f}".format)
-    return table.to_markdown(index=False, disable_numparse=True,
-                             colalign=["left"] * 5 + ["right"] * 3)
-
-
-PRUNERS = ("l1", "taylor", "slimming", "random")
-UNIFORM = ("uniform", "uniform-scratch")
-
-
-def goal_lines(summary) -> list[str]:
-    """The product's goal per model and budget: splitting's mean accuracy minus the best pruning
-    baseline's (goal: >= +1 point), and whether it Pareto-dominates each uniform-width method (at least
-    as accurate, at no more cost on the budget's target)."""
-    lines = ["", "Goal check (splitting vs the best pruning baseline; vs uniform width):", ""]
-    for (model, target, budget), g in summary.groupby(["model", "target", "budget_name"]):
-        by = g.set_index("method")
-        if "splitting" not in by.index:
-            continue
-        split = by.loc["splitting"]
-        parts = []
-        pruners = by[by.index.isin(PRUNERS)]
-        if len(pruners):
-            best = pruners.test_accuracy_mean.idxmax()
-            gap = 100 * (split.test_accuracy_mean - pruners.test_accuracy_mean.max())
-            parts.append(f"{gap:+.2f} points vs {best} ({'met' if gap >= 1.0 else 'not met'})")
-        for name in UNIFORM:
-            if name in by.index:
-                u = by.loc[name]
-                dominates = (split.test_accuracy_mean >= u.test_accuracy_mean
-                             and split.cost_on_target_mean <= u.cost_on_target_mean)
-                parts.append(f"{'dominates' if dominates else 'does not dominate'} {name}")
-        lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
-    return lines if len(lines) > 3 else []
-
-
-def pareto_plot(df, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = sorted(df.model.unique())
-    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
-    for i, model in enumerate(models):
-        sub = df[df.model == model]
-        for j, (col, label) in enumerate([("mobile_mJ", "energy on mobile [mJ]"), ("cpu_ms", "ONNX Runtime latency [ms]")]):
-            ax = axes[i][j]
-            for method, g in sub.groupby("method"):
-                agg = g.groupby(["target", "budget_name"]).agg(x=(col, "mean"), y=("test_accuracy", "mean"),
-                                                               e=("test_accuracy", "std")).reset_index()
-                ax.errorbar(agg.x, agg.y, yerr=agg.e.fillna(0), fmt="*" if method == "splitting" else "o",
-                            ms=11 if method == "splitting" else 6, capsize=3, label=method)
-            ax.set_xlabel(label)
-            ax.set_ylabel("test accuracy")
-            ax.set_title(model)
-            ax.grid(alpha=0.3)
-        axes[i][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
