@@ -1,6 +1,7 @@
 """The CLI's error policy: the project's error types are the user's (one line, exit 2); anything else is a
 bug in energysplit (traceback and a bug line, exit 1). Either way ``compress`` leaves no half-written
-output: a new --out is removed, an existing one keeps exactly what it held."""
+results; after a user error a new --out is removed and an existing one keeps exactly what it held, after a
+bug the checkpoints stay for --resume."""
 import json
 import subprocess
 import sys
@@ -53,17 +54,26 @@ def _assert_bug_report(code: int, err: str, message: str) -> None:
     assert "error: " + message not in err  # not dressed up as the user's error
 
 
-def test_a_bug_late_in_compress_prints_its_traceback_and_leaves_no_output(compress, tmp_path, monkeypatch):
-    """A RuntimeError while the outputs are written (model.es already staged): exit 1, no directory."""
-    monkeypatch.setattr(energysplit.pipeline.export, "export_onnx", _fail(RuntimeError("injected bug in export")))
+def test_a_bug_late_in_compress_prints_its_traceback_leaves_no_results_and_keeps_its_checkpoints(
+        compress, tmp_path, monkeypatch):
+    """A RuntimeError while the outputs are written (model.es already staged): exit 1, no result file, the
+    checkpoints kept, and once the bug is gone the same command with --resume finishes the run."""
     out = tmp_path / "new" / "out"
-    code, err = compress(out)
+    with monkeypatch.context() as patch:
+        patch.setattr(energysplit.pipeline.export, "export_onnx", _fail(RuntimeError("injected bug in export")))
+        code, err = compress(out)
     _assert_bug_report(code, err, "RuntimeError: injected bug in export")
-    assert not out.exists()
+    assert [p.name for p in out.iterdir()] == [".work"]  # no results, half-written or whole
+    assert (out / ".work" / "config.json").exists()
+    code, err = compress(out, "--resume")
+    assert code == 0, err
+    assert {"report.json", "model.es", "model.onnx"} <= {p.name for p in out.iterdir()}
+    assert not (out / ".work").exists()
 
 
 def test_a_plain_value_error_is_a_bug_and_an_existing_folder_stays_as_it_was(compress, tmp_path, monkeypatch):
-    """A built-in ValueError is no longer the user's error; the folder the user gave keeps its files."""
+    """A built-in ValueError is no longer the user's error; the folder the user gave keeps its files, and
+    gains only the checkpoints."""
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
@@ -71,7 +81,8 @@ def test_a_plain_value_error_is_a_bug_and_an_existing_folder_stays_as_it_was(com
     monkeypatch.setattr(energysplit.training.loop, "evaluate", _fail(ValueError("injected bug in evaluate")))
     code, err = compress(out)
     _assert_bug_report(code, err, "ValueError: injected bug in evaluate")
-    assert _snapshot(out) == before
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if not k.startswith(".work")} == before
 
 
 def test_a_user_error_found_as_late_is_one_line_and_exit_2(compress, tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
 """``energysplit compress``: a trained model + data + target + budget -> a smaller model and a report.
 
 Every input is checked before anything is written (target, method, data, output directory, model file,
-architecture, budget); a failure then leaves the file system as it was, and so does an error found later
-(the user's or a bug): what the run created is removed. Work in progress lives in ``DIR/.work`` (atomic
-checkpoints: the demo's trained base model, the growth steps), so a run interrupted (Ctrl-C) or killed at
-any point continues with ``resume=True`` from its last completed step and ends with the same result as
+architecture, budget); a failure then leaves the file system as it was, and so does a user error found
+later: what the run created is removed. Work in progress lives in ``DIR/.work`` (atomic checkpoints: the
+demo's trained base model, the growth steps); the results are staged and appear only at the end. A run
+interrupted (Ctrl-C), killed, or stopped by a bug in energysplit keeps its checkpoints and continues with ``resume=True`` from its last completed step and ends with the same result as
 an uninterrupted run with the same seed. The outputs (:mod:`energysplit.pipeline.report`) appear at the end.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cost.budget import DEFAULT_BUDGET
-from ..errors import BudgetError, ConfigError, EnergySplitError, InputFileError
+from ..errors import USER_ERRORS, BudgetError, ConfigError, EnergySplitError, InputFileError
 from .._io import atomic_write_json
 
 if TYPE_CHECKING:  # annotations only: the CLI reads the defaults below without importing torch
@@ -195,8 +195,8 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
     budget = parse_budget(config.budget, target.unit, cost)
     base_cost = check_budget(model, target, budget, data.input_shape, config.target)
 
-    # from here on files are written; an error (the user's or a bug) removes what this run created, an
-    # interrupt keeps .work for --resume
+    # from here on files are written; a user error removes what this run created, a bug or an interrupt
+    # keeps the checkpoints in .work for --resume; results appear only at the end (staged, then moved)
     work, created = out / ".work", not out.exists()
     try:
         if not config.resume and is_main():
@@ -248,10 +248,12 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
         report = broadcast_object(report)  # every rank returns rank 0's report
     except BaseException as exc:
         if is_main():
-            shutil.rmtree(out / ".staging", ignore_errors=True)
-        if isinstance(exc, Exception) and not config.resume and is_main():  # an error, found late: leave nothing
-            shutil.rmtree(out if created else work, ignore_errors=True)
-        raise  # an interrupt (Ctrl-C) keeps .work for --resume
+            shutil.rmtree(out / ".staging", ignore_errors=True)  # no half-written results, whatever happened
+            if isinstance(exc, USER_ERRORS) and not config.resume:  # the user's error, found late: leave nothing
+                shutil.rmtree(out if created else work, ignore_errors=True)
+            elif isinstance(exc, Exception):  # a bug: its checkpoints are not lost with it
+                log(f"the checkpoints stay in {work}: once this is fixed, the same command with --resume continues")
+        raise  # an interrupt (Ctrl-C) keeps .work for --resume too
     if is_main():
         shutil.rmtree(work, ignore_errors=True)
     return report
