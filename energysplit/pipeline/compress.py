@@ -160,17 +160,35 @@ def compress(config: CompressConfig, command: str = "", log=log_line) -> dict:
         return _compress(config, command, log)
 
 
-def _compress(config: CompressConfig, command: str, log) -> dict:
-    from ..cost.estimator import TARGETS, create_target
-    from ..methods import METHODS, MethodContext
-    from ..graph.archive import build_model
-    from ..cost.budget import check_budget, parse_budget
-    from .inputs import arch_spec, check_model, load_data, load_input_model
-    from ..training.loop import TrainConfig, seed_everything
-    from ..training.distributed import barrier, broadcast_object, check_in_sync, is_main, main_only, rank_zero_estimator
+@dataclass
+class Job:
+    """Everything ``compress`` checked before it writes a file."""
 
-    log = main_only(log)  # under torchrun every rank computes; rank 0 alone logs and writes files
-    start = time.perf_counter()
+    method: object
+    data: object
+    model: nn.Module
+    arch: dict
+    out: Path
+    estimators: dict  # report target name -> estimator (measured ones on rank 0)
+    budget: float
+    base_cost: float
+
+    @property
+    def targets(self) -> tuple:
+        return tuple(self.estimators)
+
+
+def check_inputs(config: CompressConfig) -> Job:
+    """Check every input (target, method, data, output directory, model file, architecture, budget) and
+    load them; nothing is written, so a failure leaves the file system as it was."""
+    from ..cost.budget import check_budget, parse_budget
+    from ..cost.estimator import TARGETS, create_target
+    from ..graph.archive import build_model
+    from ..methods import METHODS
+    from ..training.distributed import rank_zero_estimator
+    from ..training.loop import seed_everything
+    from .inputs import arch_spec, check_model, load_data, load_input_model
+
     method = METHODS.get(config.method)  # unknown names fail before any work
     report_targets = tuple(dict.fromkeys((*config.report_targets, config.target)))
     for name in report_targets:
@@ -186,65 +204,36 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
         model, arch = load_input_model(config, data)
     else:
         arch = arch_spec(replace(config, arch=config.arch or DEMO["arch"]), data.in_channels, data.num_classes)
-        model = build_model(arch)  # trained below, once every input is known to be good
+        model = build_model(arch)  # trained later, once every input is known to be good
     check_model(model, arch, data)
     estimators = {name: rank_zero_estimator(create_target(name)) for name in report_targets}  # measured on rank 0
     target = estimators[config.target]
     # costs do not depend on the weights: the demo's budget is checked before its base model is trained
-    cost = target.predict(model, data.input_shape).total
-    budget = parse_budget(config.budget, target.unit, cost)
+    budget = parse_budget(config.budget, target.unit, target.predict(model, data.input_shape).total)
     base_cost = check_budget(model, target, budget, data.input_shape, config.target)
+    return Job(method, data, model, arch, out, estimators, budget, base_cost)
 
+
+def _compress(config: CompressConfig, command: str, log) -> dict:
+    from ..training.distributed import barrier, broadcast_object, is_main, main_only
+
+    log = main_only(log)  # under torchrun every rank computes; rank 0 alone logs and writes files
+    start = time.perf_counter()
+    job = check_inputs(config)
     # from here on files are written; a user error removes what this run created, a bug or an interrupt
     # keeps the checkpoints in .work for --resume; results appear only at the end (staged, then moved)
+    out = job.out
     work, created = out / ".work", not out.exists()
     try:
         if not config.resume and is_main():
             shutil.rmtree(work, ignore_errors=True)
             atomic_write_json(work / "config.json", config.key())
         barrier()
-        seconds = {}
-        recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                             progress=config.progress)
-        base_train = None
-        if not config.model:
-            t0 = time.perf_counter()
-            model, base_train = _train_base(model, arch, config, data, work, recipe, log)
-            seconds["base_training"] = time.perf_counter() - t0
-        log(f"input model: {arch['name']}, {base_cost:.4g} {target.unit} on {config.target}; budget {budget:.4g} "
-            f"{target.unit} ({budget / base_cost:.0%}), method {config.method}")
-        t0 = time.perf_counter()
-        before = measure(model, data, report_targets, estimators, "measure input model", config.progress)
-        ctx = MethodContext(data, target, budget, recipe, arch=arch, seed=config.seed, workdir=work,
-                            resume=config.resume, log=log, cost_aware=config.cost_aware,
-                            channel_multiple=config.channel_multiple or getattr(target, "channel_multiple", 1))
-        log(f"changed widths stay multiples of {ctx.channel_multiple}")
-        t1 = time.perf_counter()
-        compressed = method(copy.deepcopy(model), ctx)
-        check_in_sync(compressed, config.method)  # data-parallel ranks must hold the same model
-        t2 = time.perf_counter()
-        after = measure(compressed, data, report_targets, estimators, "measure compressed model", config.progress)
-        seconds.update(measure=time.perf_counter() - t2 + t1 - t0, method=t2 - t1)
-        final_cost = target.predict(compressed, data.input_shape).total
-        if final_cost > budget * (1 + 1e-9):
-            raise BudgetError(f"{config.method} ended at {final_cost:.4g} {target.unit}, over the budget {budget:.4g}")
-        measured = after[f"{config.target} [{target.unit}]"]
-        if measured > budget * (1 + 1e-9):  # a measuring target (latency) can disagree with its own prediction
-            log(f"warning: the compressed model measures {measured:.4g} {target.unit} on {config.target}, over the "
-                f"budget {budget:.4g} that its prediction ({final_cost:.4g}) meets; see report.md")
-        from .report import write_outputs
-
-        report = {"command": command, "config": asdict(config), "arch": arch,
-                  "budget": {"target": config.target, "unit": target.unit, "requested": config.budget,
-                             "budget": budget, "base_cost": base_cost, "final_cost": final_cost,
-                             "final_measured": measured},
-                  "before": before, "after": after,
-                  "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
-                           "input_shape": list(data.input_shape)},
-                  "growth_steps": ctx.records.get("growth_steps", []), "stop_reason": ctx.records.get("stop_reason"),
-                  "base_training": base_train, "seconds": seconds}
+        report, model, compressed = _run(config, job, work, command, log)
         if is_main():
-            write_outputs(out, report, model, compressed, data.input_shape, start)
+            from .report import write_outputs
+
+            write_outputs(out, report, model, compressed, job.data.input_shape, start)
         report = broadcast_object(report)  # every rank returns rank 0's report
     except BaseException as exc:
         if is_main():
@@ -257,6 +246,54 @@ def _compress(config: CompressConfig, command: str, log) -> dict:
     if is_main():
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _run(config: CompressConfig, job: Job, work: Path, command: str, log):
+    """Train the base model if needed, measure it, run the method, measure the result: the report dict,
+    the input model and the compressed one."""
+    from ..methods import MethodContext
+    from ..training.distributed import check_in_sync
+    from ..training.loop import TrainConfig
+
+    data, target, seconds, base_train = job.data, job.estimators[config.target], {}, None
+    recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                         progress=config.progress)
+    model = job.model
+    if not config.model:
+        t0 = time.perf_counter()
+        model, base_train = _train_base(model, job.arch, config, data, work, recipe, log)
+        seconds["base_training"] = time.perf_counter() - t0
+    log(f"input model: {job.arch['name']}, {job.base_cost:.4g} {target.unit} on {config.target}; budget "
+        f"{job.budget:.4g} {target.unit} ({job.budget / job.base_cost:.0%}), method {config.method}")
+    t0 = time.perf_counter()
+    before = measure(model, data, job.targets, job.estimators, "measure input model", config.progress)
+    ctx = MethodContext(data, target, job.budget, recipe, arch=job.arch, seed=config.seed, workdir=work,
+                        resume=config.resume, log=log, cost_aware=config.cost_aware,
+                        channel_multiple=config.channel_multiple or getattr(target, "channel_multiple", 1))
+    log(f"changed widths stay multiples of {ctx.channel_multiple}")
+    t1 = time.perf_counter()
+    compressed = job.method(copy.deepcopy(model), ctx)
+    check_in_sync(compressed, config.method)  # data-parallel ranks must hold the same model
+    t2 = time.perf_counter()
+    after = measure(compressed, data, job.targets, job.estimators, "measure compressed model", config.progress)
+    seconds.update(measure=time.perf_counter() - t2 + t1 - t0, method=t2 - t1)
+    final_cost = target.predict(compressed, data.input_shape).total
+    if final_cost > job.budget * (1 + 1e-9):
+        raise BudgetError(f"{config.method} ended at {final_cost:.4g} {target.unit}, over the budget {job.budget:.4g}")
+    measured = after[f"{config.target} [{target.unit}]"]
+    if measured > job.budget * (1 + 1e-9):  # a measuring target (latency) can disagree with its own prediction
+        log(f"warning: the compressed model measures {measured:.4g} {target.unit} on {config.target}, over the "
+            f"budget {job.budget:.4g} that its prediction ({final_cost:.4g}) meets; see report.md")
+    report = {"command": command, "config": asdict(config), "arch": job.arch,
+              "budget": {"target": config.target, "unit": target.unit, "requested": config.budget,
+                         "budget": job.budget, "base_cost": job.base_cost, "final_cost": final_cost,
+                         "final_measured": measured},
+              "before": before, "after": after,
+              "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                       "input_shape": list(data.input_shape)},
+              "growth_steps": ctx.records.get("growth_steps", []), "stop_reason": ctx.records.get("stop_reason"),
+              "base_training": base_train, "seconds": seconds}
+    return report, model, compressed
 
 
 def _train_base(model: nn.Module, arch: dict, config: CompressConfig, data, work: Path, recipe, log):
