@@ -173,23 +173,13 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
 
 
 def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bool) -> Path:
-    import torch
-
-    from ..training.data import load_dataset
     from ..cost.estimator import create_target
-    from ..methods import METHODS, MethodContext
-    from ..training.loop import TrainConfig, evaluate, seed_everything
+    from ..training.data import load_dataset
     from ..training.distributed import barrier, broadcast_object, is_main, main_only, rank_zero_estimator
 
     log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
     if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        with _locked(out):
-            runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
-            run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
-                   "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
-                   **({"worker": True} if worker else {})}
-            atomic_write_json(out / "config.json", {"runs": runs + [run]})
+        _record_run(out, config, command, worker)
     barrier()
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:
@@ -198,19 +188,9 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
     csv_path = out / "results.csv"
     done = _done_rows(csv_path)
     estimators = {name: rank_zero_estimator(create_target(name)) for name in ("flops", "mobile", "cpu")}
-    shape = data.input_shape
-    jobs, models = [], []  # seed-major order: a sweep cut short still covers every model, method and budget
-    for model_name in config.models:
-        with _locked(out) if is_main() else contextlib.nullcontext():
-            base, arch = base_model(model_name, config, data, out, log)
-        budgets = [(t, f, estimators[t].predict(base, shape).total * f) for t, f in config.budgets
-                   if t != "cpu" or model_name in config.latency_models]
-        jobs += [(model_name, base, arch, t, f, b, "base", None) for t, f, b in budgets]
-        models.append((model_name, base, arch, budgets))
-    jobs += [(model_name, base, arch, t, f, b, m, s) for s in config.seeds for model_name, base, arch, budgets in models
-             for t, f, b in budgets for m in config.methods]
-    base_acc = {}
-    for model_name, base, arch, target_name, fraction, budget, method, seed in jobs:
+    base_acc: dict = {}
+    for job in _jobs(config, data, estimators, out, log):
+        model_name, _, _, target_name, fraction, budget, method, seed = job
         target = estimators[target_name]
         row = {"model": model_name, "target": target_name, "budget_name": f"{fraction:g}", "budget": budget,
                "unit": target.unit, "method": method, "seed": "" if seed is None else seed}
@@ -220,24 +200,8 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
             continue
         start = time.perf_counter()
         try:
-            if seed is None:
-                model = base
-                acc = base_acc.setdefault(model_name, evaluate(base, data.test).accuracy)
-            else:
-                seed_everything(seed)
-                ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
-                                    batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
-                                    channel_multiple=config.channel_multiple or target.channel_multiple,
-                                    log=lambda s, tag=f"{model_name} {target_name} {fraction:g} {method} s{seed}":
-                                    log(f"  [{tag}] {s}"))
-                model = METHODS.get(method)(copy.deepcopy(base), ctx)
-                acc = evaluate(model, data.test).accuracy
-            row.update(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
-                       mobile_mJ=estimators["mobile"].predict(model, shape).total,
-                       cpu_ms=estimators["cpu"].estimate(model, shape).total,
-                       params=sum(p.numel() for p in model.parameters()),
-                       cost_on_target=target.predict(model, shape).total, status="ok")
-        except Exception as exc:  # one method's failure must not stop the sweep
+            row.update(_run_job(job, config, data, estimators, base_acc, log), status="ok")
+        except Exception as exc:  # one method's failure must not stop the sweep: it is recorded with its error
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             log(traceback.format_exc(limit=3))
         row["wall_s"] = time.perf_counter() - start
@@ -252,3 +216,59 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
             summarise(out)
     barrier()
     return out
+
+
+def _record_run(out: Path, config: BenchConfig, command: str, worker: bool) -> None:
+    """Append this run (command, config, host, torch, device, commit) to ``out/config.json``."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
+        run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
+               "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
+               **({"worker": True} if worker else {})}
+        atomic_write_json(out / "config.json", {"runs": runs + [run]})
+
+
+def _jobs(config: BenchConfig, data, estimators: dict, out: Path, log) -> list[tuple]:
+    """(model, base, arch, target, fraction, budget, method, seed) of every run, the base models first (seed
+    None), then seed-major: a sweep cut short still covers every model, method and budget."""
+    from ..training.distributed import is_main
+
+    jobs, models = [], []
+    for model_name in config.models:
+        with _locked(out) if is_main() else contextlib.nullcontext():
+            base, arch = base_model(model_name, config, data, out, log)
+        budgets = [(t, f, estimators[t].predict(base, data.input_shape).total * f) for t, f in config.budgets
+                   if t != "cpu" or model_name in config.latency_models]
+        jobs += [(model_name, base, arch, t, f, b, "base", None) for t, f, b in budgets]
+        models.append((model_name, base, arch, budgets))
+    return jobs + [(model_name, base, arch, t, f, b, m, s) for s in config.seeds
+                   for model_name, base, arch, budgets in models for t, f, b in budgets for m in config.methods]
+
+
+def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: dict, log) -> dict:
+    """One method (or the base model, seed None) at one budget: test accuracy, costs and parameters."""
+    from ..methods import METHODS, MethodContext
+    from ..training.loop import TrainConfig, evaluate, seed_everything
+
+    model_name, base, arch, target_name, fraction, budget, method, seed = job
+    target, shape = estimators[target_name], data.input_shape
+    if seed is None:
+        model = base
+        acc = base_acc.setdefault(model_name, evaluate(base, data.test).accuracy)
+    else:
+        seed_everything(seed)
+        tag = f"{model_name} {target_name} {fraction:g} {method} s{seed}"
+        ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
+                            batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
+                            channel_multiple=config.channel_multiple or target.channel_multiple,
+                            log=lambda s: log(f"  [{tag}] {s}"))
+        model = METHODS.get(method)(copy.deepcopy(base), ctx)
+        acc = evaluate(model, data.test).accuracy
+    return dict(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
+                mobile_mJ=estimators["mobile"].predict(model, shape).total,
+                cpu_ms=estimators["cpu"].estimate(model, shape).total,
+                params=sum(p.numel() for p in model.parameters()),
+                cost_on_target=target.predict(model, shape).total)
