@@ -4,13 +4,17 @@
             budget -> split with eps -> fine-tune
     until the next step would pass the budget; then a final fine-tune.
 
+Epochs: with ``planned_steps`` the run trains exactly ``planned_steps x finetune.epochs + final_finetune.epochs``:
+the slices of steps that were not taken go to the final fine-tune, and steps past the plan take theirs
+from it. ``max_widths`` caps every group's width (a design space: the architecture at its largest width);
+``on_train(desc, model, result)`` sees every training run (the benchmarks count MAC-epochs with it).
+
 Every completed step is checkpointed atomically (model archive + step log), so an interrupted run
 resumes from its last completed step with ``resume=True`` and reaches the same result.
 """
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +29,7 @@ from ..errors import BudgetError, ConfigError
 from ..graph.inventory import Inventory
 from .._io import atomic_write_json
 from ..graph.plan import Plan
-from ..training.loop import TrainConfig, evaluate, seed_everything, train
+from ..training.loop import TrainConfig, seed_everything, train
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class GrowConfig:
     # plan is then costed exactly and cut to the step's limit (fit_plan). Marginal costs over-predict
     # targets whose costs do not add up (a latency table: a step planned to the limit came out at half of it)
     overselect: float = 2.0
+    # step k may raise the cost to seed cost x step_growth^k (one schedule for every selector, so that
+    # ablations spend the same cost per step) instead of the current cost x step_growth
+    geometric: bool = False
 
     def __post_init__(self):
         if self.step_growth <= 1.0:
@@ -80,6 +87,7 @@ class StepRecord:
     select_seconds: float
     train_seconds: float
     note: str = ""
+    epochs: float = 0.0  # the step's fine-tuning epochs
 
 
 @dataclass
@@ -164,8 +172,10 @@ class Checkpoint:
 
 def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: GrowConfig = GrowConfig(),
          inventory: Inventory | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
-         log: Callable[[str], None] = print) -> GrowResult:
-    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget``."""
+         log: Callable[[str], None] = print, max_widths: dict[str, int] | None = None,
+         on_train: Callable | None = None) -> GrowResult:
+    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget`` (see the module
+    docstring for ``max_widths``, ``on_train`` and the epochs)."""
     from ..graph.trace import build_inventory
     from ..training.distributed import main_only, rank_zero_estimator
 
@@ -183,12 +193,15 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
         raise BudgetError(f"the seed already costs {cost:.4g} {unit}, over the budget {budget:.4g} {unit}; "
                           "shrink the seed further")
     stop = "done" if phase == "final" else ""
+    seed_cost = steps[0].cost_before if steps else cost
     while phase == "grow" and len(steps) < config.max_steps:
-        step_limit = min(budget, cost * config.step_growth)
+        step_limit = min(budget, (seed_cost * config.step_growth ** (len(steps) + 1)) if config.geometric
+                         else cost * config.step_growth)
         if step_limit - cost <= config.min_step_fraction * cost * (config.step_growth - 1):
             stop = "budget reached (what is left is under min_step_fraction of a step)"
             break
-        inventory, record = _split_step(model, data, estimator, inventory, config, len(steps) + 1, cost, step_limit)
+        inventory, record = _split_step(model, data, estimator, inventory, config, len(steps) + 1, cost, step_limit,
+                                        max_widths, on_train)
         if record is None:
             stop = "no neuron with a negative splitting index fits the remaining budget"
             break
@@ -202,18 +215,31 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     else:
         stop = stop or ("done" if phase == "final" else "max steps reached")
     if phase == "grow":
-        if config.final_finetune.epochs > 0:
-            ft = replace(config.final_finetune, seed=config.seed * 1000 + 999)
+        epochs = final_epochs(config, len(steps))
+        if epochs > 0:
+            ft = replace(config.final_finetune, epochs=epochs, seed=config.seed * 1000 + 999)
             res = train(model, data.train, ft, val=data.val, desc="final fine-tune")
             log(f"final fine-tune: {ft.epochs:g} epochs, val acc {res.val_accuracy:.4f}")
+            if on_train is not None:
+                on_train("final fine-tune", model, res)
         if checkpoint is not None:
             checkpoint.save(model, steps, "final")
         inventory = build_inventory(model, input_shape)
     return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
 
 
+def final_epochs(config: GrowConfig, steps_taken: int) -> float:
+    """The final fine-tune's epochs: with a plan, the unused step slices are added to it and steps past the
+    plan are taken out of it (so the run's total stays the planned one); never below 0."""
+    if config.planned_steps is None:
+        return config.final_finetune.epochs
+    spare = (config.planned_steps - steps_taken) * config.finetune.epochs
+    return max(0.0, config.final_finetune.epochs + spare)
+
+
 def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config: GrowConfig, step: int,
-                cost: float, step_limit: float) -> tuple[Inventory, StepRecord | None]:
+                cost: float, step_limit: float, max_widths: dict | None = None,
+                on_train: Callable | None = None) -> tuple[Inventory, StepRecord | None]:
     """One growth step in place: score, select under ``step_limit``, split, fine-tune (None: nothing fits)."""
     from ..cost.estimator import marginal_costs_of
     from ..graph.surgery import apply_plan_
@@ -230,7 +256,9 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     t1 = time.perf_counter()
     marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
     costs = {gid: marginal[gid].add for gid in scores}
-    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, inventory.widths())
+    widths = inventory.widths()
+    caps = None if max_widths is None else {g: max(0, max_widths[g] - widths[g]) for g in scores if g in max_widths}
+    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, widths, caps, step)
     ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
     t2 = time.perf_counter()
     if not ops:
@@ -240,13 +268,15 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     new_cost = estimator.predict(model, input_shape).total
     ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
     result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
+    if on_train is not None:
+        on_train(f"step {step} fine-tune", model, result)
     check_in_sync(model, f"growth step {step}")
     per_group: dict[str, int] = {}
     for op in ops:
         per_group[op.group] = per_group.get(op.group, 0) + 1
     return inventory, StepRecord(step, cost, new_cost, estimator.unit, step_limit - cost, len(ops), per_group,
                                  0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
-                                 t1 - t0, t2 - t1, result.seconds)
+                                 t1 - t0, t2 - t1, result.seconds, epochs=ft.epochs)
 
 
 def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
@@ -261,13 +291,17 @@ def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
 
 
 def plan_step(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
-              widths: dict[str, int]) -> tuple[list, list[int]]:
+              widths: dict[str, int], caps: dict[str, int] | None = None, step: int = 1) -> tuple[list, list[int]]:
     """One growth step's split ops under ``step_budget`` (:func:`~.selection.select_splits` with the
-    growth config), best (most negative lambda per unit cost) block first, and the block sizes (all 1
-    without a channel multiple)."""
-    from .selection import select_splits
+    growth config; ``random``: :func:`~.selection.random_selection`), best (most negative lambda per unit
+    cost) block first, and the block sizes (all 1 without a channel multiple)."""
+    from .selection import random_selection, select_splits
 
-    selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, threshold=config.threshold,
-                       multiple=config.channel_multiple, widths=widths)
-    selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
+    if config.selector == "random":  # random order kept: a trimmed plan drops random blocks
+        selection = random_selection(scores, costs, step_budget, seed=config.seed * 1000 + step, caps=caps,
+                                     eps=config.eps, multiple=config.channel_multiple, widths=widths)
+    else:
+        selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, caps=caps,
+                                  threshold=config.threshold, multiple=config.channel_multiple, widths=widths)
+        selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
     return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]

@@ -14,7 +14,12 @@ lambda >= 0 cannot lower the loss at second order), so a step may use less than 
   prefix plus one fractional item).
 - ``greedy``: Dantzig's order, lambda_i / T_i most negative first (free or cost-saving neurons first),
   skipping neurons that no longer fit.
-- ``cost-blind``: most negative lambda first, ignoring cost except for the same budget (ablation).
+- ``cost-blind``: most negative lambda first, ignoring cost except for the same budget (ablation; the
+  k most negative lambda of S2D, Liu et al. 2019, under the same cost per step).
+
+:func:`random_selection` (``GrowConfig.selector = "random"``, not in ``SELECTORS``: it ignores lambda, so no
+selector contract holds for it) picks random neurons of any lambda under the same budget: the control
+that tells whether the splitting index carries signal.
 
 With ``multiple = m > 1`` (:mod:`energysplit.graph.alignment`) the items are blocks instead of neurons: each
 group's negative-lambda neurons, most negative first, cut into blocks that keep its width a multiple of m
@@ -122,8 +127,10 @@ def candidates(scores, costs: dict[str, float]) -> list[Candidate]:
     return out
 
 
-def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int) -> list[Candidate]:
-    """Each group's candidates, most negative lambda first, as blocks keeping its width a multiple."""
+def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int,
+                   ranked: bool = True) -> list[Candidate]:
+    """Each group's candidates, most negative lambda first (``ranked``; else in the given order), as blocks
+    keeping its width a multiple."""
     from ..graph.alignment import blocks
 
     by_group: dict[str, list[Candidate]] = {}
@@ -131,7 +138,8 @@ def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int)
         by_group.setdefault(c.group, []).append(c)
     out = []
     for gid, members in by_group.items():
-        members.sort(key=lambda c: (c.eigval, c.channel))
+        if ranked:
+            members.sort(key=lambda c: (c.eigval, c.channel))
         for block in blocks(members, widths[gid], multiple, grow=True):
             out.append(Candidate(gid, block[0].channel, sum(c.eigval for c in block), sum(c.cost for c in block),
                                  tuple(block)))
@@ -184,6 +192,33 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
     sel = Selection(chosen, float(budget), float(eps), method, lp_objective=lp_value, candidates=len(pool),
                     caps=caps)
     sel.note = _why(sel, pool, caps)
+    return sel
+
+
+def random_selection(scores, costs: dict[str, float], budget: float, *, seed: int = 0, caps: dict | None = None,
+                     eps: float = 1e-2, multiple: int = 1, widths: dict[str, int] | None = None) -> Selection:
+    """Random neurons of the scored groups, whatever their lambda, under the same ``budget`` (and caps and
+    blocks) as :func:`select_splits`: the control for the splitting index. Reproducible from ``seed``."""
+    import random
+
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget)) or budget < 0:
+        raise BudgetError(f"step budget must be a finite number >= 0, got {budget!r}")
+    caps, rng = dict(caps or {}), random.Random(seed)
+    pool = [Candidate(gid, k, float(lam), float(costs[gid])) for gid, s in scores.items()
+            for k, lam in enumerate(s.eigvals.tolist())]
+    rng.shuffle(pool)
+    if multiple > 1:
+        if widths is None:
+            raise ValueError("random_selection(multiple > 1) needs the current group widths")
+        pool = aligned_blocks(pool, widths, multiple, ranked=False)
+    order = list(pool)
+    rng.shuffle(order)
+    chosen = _take_in_order(order, float(budget), caps)
+    if multiple > 1:
+        chosen = _first_blocks(chosen, pool)
+        rng.shuffle(chosen)  # no order by lambda: a trimmed plan drops random blocks
+    sel = Selection(chosen, float(budget), float(eps), "random", candidates=len(pool), caps=caps)
+    sel.note = "random neurons (control)"
     return sel
 
 
