@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _API = {
     # verbs and their configs
     "compress": "pipeline.compress", "CompressConfig": "pipeline.compress",
+    "design": "pipeline.design", "DesignConfig": "pipeline.design", "SeedGrowth": "pipeline.seed_growth",
     "grow": "splitting.growth", "GrowConfig": "splitting.growth", "GrowResult": "splitting.growth",
     "train": "training.loop", "evaluate": "training.loop", "TrainConfig": "training.loop",
     "estimate": "cost.estimator", "marginal_costs": "cost.estimator",

@@ -2,7 +2,12 @@
 
 Every method takes the same trained model, data, target and budget, and the same total fine-tuning
 budget (``epochs``); they differ only in how they score and select channels. Surgery, fine-tuning and
-evaluation are shared, so the comparison is like for like.
+evaluation are shared, so the comparison is like for like. Every training run goes through
+``MethodContext.on_train`` (the benchmarks count epochs and MAC-epochs with it).
+
+:func:`grow_from_seed` is the paper's own setting (no trained model): a small seed of an architecture,
+trained from scratch, grown by splitting to the budget (:class:`SeedGrowth`, shared by ``energysplit grow``
+and the benchmark's growth protocol).
 """
 from __future__ import annotations
 
@@ -39,16 +44,25 @@ class MethodContext:
     resume: bool = False
     log: Callable[[str], None] = print
     records: dict = field(default_factory=dict)  # what a method reports back (e.g. its growth steps)
+    on_train: Callable | None = None  # on_train(desc, model, TrainResult) after every training run
 
     @property
     def input_shape(self):
         return self.data.input_shape
 
 
+def train_model(model: nn.Module, ctx: MethodContext, config: TrainConfig, desc: str, **kwargs):
+    """:func:`~energysplit.training.loop.train` on the context's data, reported to ``ctx.on_train``."""
+    result = train(model, ctx.data.train, config, desc=desc, **kwargs)
+    if ctx.on_train is not None:
+        ctx.on_train(desc, model, result)
+    return result
+
+
 def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "fine-tune"):
     if epochs <= 0:
         return None
-    return train(model, ctx.data.train, replace(ctx.train, epochs=epochs, seed=ctx.seed), val=ctx.data.val, desc=desc)
+    return train_model(model, ctx, replace(ctx.train, epochs=epochs, seed=ctx.seed), desc, val=ctx.data.val)
 
 
 def _prune(model, ctx: MethodContext, criterion: str, budget: float | None = None, best_effort: bool = False):
@@ -95,8 +109,8 @@ def slimming(model: nn.Module, ctx: MethodContext) -> nn.Module:
     inventory = build_inventory(model, ctx.input_shape)
     sparse_epochs = ctx.train.epochs / 3
     if sparse_epochs > 0:
-        train(model, ctx.data.train, replace(ctx.train, epochs=sparse_epochs, seed=ctx.seed), desc="sparsity training",
-              penalty=slimming_penalty(model, inventory))
+        train_model(model, ctx, replace(ctx.train, epochs=sparse_epochs, seed=ctx.seed), "sparsity training",
+                    penalty=slimming_penalty(model, inventory))
     _prune(model, ctx, "slimming")
     _finetune(model, ctx, ctx.train.epochs - sparse_epochs)
     return model
@@ -104,17 +118,22 @@ def slimming(model: nn.Module, ctx: MethodContext) -> nn.Module:
 
 def uniform_fraction(model, ctx: MethodContext, resize: Callable[[float], nn.Module]) -> tuple[float, nn.Module]:
     """The largest width fraction f (bisection) whose model ``resize(f)`` fits the budget."""
+    return width_fraction(resize, ctx.estimator, ctx.budget, ctx.input_shape)
+
+
+def width_fraction(resize: Callable[[float], nn.Module], estimator, budget: float, input_shape):
+    """(f, resize(f)) for the largest f in (0, 1) (bisection, 14 halvings) whose cost fits ``budget``."""
     lo, hi = 0.0, 1.0
     best = None
     for _ in range(14):
         mid = (lo + hi) / 2
         candidate = resize(mid)
-        if ctx.estimator.predict(candidate, ctx.input_shape).total <= ctx.budget:
+        if estimator.predict(candidate, input_shape).total <= budget:
             lo, best = mid, candidate
         else:
             hi = mid
     if best is None:
-        raise BudgetError(f"budget {ctx.budget:.4g} {ctx.estimator.unit} is unreachable by uniform width scaling")
+        raise BudgetError(f"budget {budget:.4g} {estimator.unit} is unreachable by uniform width scaling")
     return lo, best
 
 
@@ -198,14 +217,13 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
             ctx.log(f"seed budget {seed_budget:.4g} {ctx.estimator.unit} is below the cheapest pruned model: seeded "
                     f"at {seed_cost:.4g} ({seed_cost / ctx.budget:.0%} of the budget)")
         if epochs > 0:
-            train(model, ctx.data.train, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), val=ctx.data.val,
-                  desc="seed fine-tune")
+            train_model(model, ctx, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), "seed fine-tune", val=ctx.data.val)
     config = GrowConfig(step_growth=1.4, max_steps=steps + 2, planned_steps=steps, seed=ctx.seed,
                         channel_multiple=ctx.channel_multiple, finetune=phase(0.2 / steps, (0.3, 0.5)),
                         final_finetune=phase(0.5, (0.5, 1.0)))
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint, resume=resumed,
-                  log=ctx.log)
+                  log=ctx.log, on_train=ctx.on_train)
     ctx.log(f"growth stopped: {result.stop_reason}")
     from dataclasses import asdict
 

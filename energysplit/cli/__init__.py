@@ -1,6 +1,6 @@
 """Command-line interface: parse, build a config, call the API, write outputs.
 
-One module per group of commands (:mod:`.models`, :mod:`.compress`, :mod:`.costs`, :mod:`.bench`); each
+One module per group of commands (:mod:`.models`, :mod:`.compress`, :mod:`.grow`, :mod:`.costs`, :mod:`.bench`); each
 ``add_<name>(parser)`` adds a command's flags (their defaults come from the config dataclasses) and
 returns its handler. Only the command being run gets its flags, and heavy imports happen inside the
 handlers, so ``energysplit --help`` stays fast. Errors: the project's own types (:mod:`energysplit.errors`)
@@ -13,6 +13,7 @@ import sys
 
 from .bench import add_bench
 from .compress import add_compress
+from .grow import add_grow
 from .costs import add_calibrate, add_estimate, add_targets
 from .models import add_inspect, add_models, add_train
 
@@ -21,6 +22,7 @@ COMMANDS = {  # name: (one-line help, the function that adds its flags and retur
     "train": ("train a zoo model from scratch and report accuracy", add_train),
     "inspect": ("print a model's neuron groups: width, splittable or why not", add_inspect),
     "compress": ("compress a model to a device budget (splitting or a pruning baseline)", add_compress),
+    "grow": ("design a network for a device budget: grow a small seed by energy-aware splitting", add_grow),
     "targets": ("list device targets with their units and origins", add_targets),
     "estimate": ("cost of a model on a target: total and per-layer table", add_estimate),
     "calibrate": ("measure an ONNX Runtime latency table on this machine and save it as a new target in the "

@@ -1,5 +1,5 @@
-"""The outputs of ``energysplit compress``: archive, checked ONNX, report.json/.md, steps.csv, growth.png,
-config.json. Everything is written into a staging directory first and then moved into place, with
+"""The outputs of ``energysplit compress`` and ``energysplit grow`` (``report["job"]``, default compress):
+archive, checked ONNX, report.json/.md, steps.csv, growth.png, config.json. Everything is written into a staging directory first and then moved into place, with
 report.json last, so a directory either has a complete report or none."""
 from __future__ import annotations
 
@@ -65,16 +65,23 @@ def metrics(report: dict) -> list[tuple[str, str, str, str]]:
     return [(key, _fmt(b[key]), _fmt(a[key]), _ratio(report, key)) for key in b]
 
 
+def method(report: dict) -> str:
+    return report.get("method") or report["config"]["method"]
+
+
 def markdown(report: dict) -> str:
-    lines = [f"# energysplit compress report", "",
+    lines = [f"# energysplit {report.get('job', 'compress')} report", "",
              f"- command: `{report['command']}`",
-             f"- method: **{report['config']['method']}**, target **{report['budget']['target']}**, budget "
+             f"- method: **{method(report)}**, target **{report['budget']['target']}**, budget "
              f"{report['budget']['budget']:.4g} {report['budget']['unit']} "
-             f"({report['budget']['budget'] / report['budget']['base_cost']:.0%} of the input model)",
+             f"({report['budget']['budget'] / report['budget']['base_cost']:.0%} of "
+             f"{report.get('reference', 'the input model')})",
              f"- data: {report['data']['name']} ({report['data']['train']} train / {report['data']['val']} val / "
              f"{report['data']['test']} test images)",
              "- time: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in report["seconds"].items()),
              f"- growth stopped: {report['stop_reason']}" if report.get("stop_reason") else "",
+             ("- epochs: " + ", ".join(f"{k} {v:.3g}" for k, v in report["epochs"].items())) if "epochs" in report
+             else "",
              _budget_check(report["budget"]),
              "", markdown_table(metrics(report), ["metric", "before", "after", "after/before"])]
     lines += ["", "Units: MACs = multiply-accumulates (1 MAC = 2 FLOPs); mJ per inference (batch 1) from the "
@@ -114,8 +121,10 @@ def growth_plot(path: Path, report: dict) -> None:
     unit = report["budget"]["unit"]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     steps = report.get("growth_steps") or []
+    grown = report.get("job") == "grow"  # before = the trained seed, after = the grown network
     if steps:
-        ax.axvline(steps[0]["cost_before"], ls=":", color="tab:blue", label="seed (pruned input model)")
+        ax.axvline(steps[0]["cost_before"], ls=":", color="tab:blue",
+                   label="seed (trained from scratch)" if grown else "seed (pruned input model)")
         ax.plot([s["cost_after"] for s in steps], [s["val_accuracy"] for s in steps], "o-",
                 label="growth steps (val, after fine-tune)")
         for s in steps:
@@ -123,13 +132,13 @@ def growth_plot(path: Path, report: dict) -> None:
                         xytext=(4, 4), fontsize=8)
     target_key = f"{report['budget']['target']} [{unit}]"
     ax.scatter([report["before"].get(target_key, report["budget"]["base_cost"])], [report["before"]["test_accuracy"]],
-               marker="s", color="k", label="input model (test)")
+               marker="s", color="k", label="seed (test)" if grown else "input model (test)")
     ax.scatter([report["after"].get(target_key, report["budget"]["final_cost"])], [report["after"]["test_accuracy"]],
-               marker="*", s=120, color="tab:red", label="compressed (test)")
+               marker="*", s=120, color="tab:red", label="grown (test)" if grown else "compressed (test)")
     ax.axvline(report["budget"]["budget"], ls="--", color="gray", label="budget")
     ax.set_xlabel(f"{report['budget']['target']} cost [{unit}]")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{report['config']['method']} on {report['data']['name']}")
+    ax.set_title(f"{method(report)} on {report['data']['name']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -164,7 +173,7 @@ def write_outputs(out: Path, report: dict, base, model, input_shape, started: fl
     report["widths"] = {"before": layer_widths(base, input_shape), "after": layer_widths(model, input_shape)}
     report["versions"] = versions()
     save_model(model, stage / "model.es", report["arch"], input_shape,
-               meta={"budget": report["budget"], "method": report["config"]["method"]})
+               meta={"budget": report["budget"], "method": method(report)})
     report["onnx"] = asdict(export_onnx(model, stage / "model.onnx", input_shape))
     report["onnx"]["path"] = "model.onnx"
     atomic_write_text(stage / "steps.csv", steps_csv(report["growth_steps"]))
