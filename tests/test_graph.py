@@ -114,13 +114,13 @@ def test_custom_concat_add_flatten():
     assert (one.consumers[0].offset, one.consumers[0].repeat) == (6 * 16, 16)
 
 
-def test_grouped_conv_is_frozen_with_reason():
+def test_grouped_conv_cuts_its_groups_into_blocks():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1),
                           nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     inv = build_inventory(model, (3, 8, 8))
     for gid in ("0:out", "1:out"):
-        assert not inv[gid].splittable and not inv[gid].prunable and "grouped conv 1 (groups=2)" in inv[gid].reason
-    assert inv["3:out"].splittable
+        assert inv[gid].splittable and inv[gid].prunable and (inv[gid].blocks, inv[gid].block_width) == (2, 4)
+    assert inv["3:out"].splittable and inv["3:out"].blocks == 1
 
 
 class Weird(nn.Module):

@@ -41,3 +41,12 @@ def aligned_width(keep: int, width: int, multiple: int) -> int:
     if width <= multiple:
         return width
     return min(width, max(multiple, multiple * round(keep / multiple)))
+
+
+def block_units(order: list[int], width: int, blocks: int) -> list[list[int]]:
+    """Cut a ranked channel order (first = first to split or remove) of a group that a grouped conv cuts
+    into ``blocks`` equal blocks (``Group.blocks``) into units of one channel per block: unit k holds the
+    k-th ranked channel of every block, so any number of whole units changes every block alike."""
+    size = width // blocks
+    per = [[c for c in order if c // size == b] for b in range(blocks)]
+    return [[p[k] for p in per] for k in range(min(len(p) for p in per))]

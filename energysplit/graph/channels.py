@@ -75,6 +75,7 @@ class ChannelGraph:
         self.consumers = defaultdict(list)
         self.ends = defaultdict(list)  # key -> [(chain, exact)] where the channels are read
         self.marks = defaultdict(list)  # key -> [(splittable, prunable, reason)]
+        self.blocks: dict[int, int] = {}  # key -> the groups of a grouped conv producing or reading it
 
     def new_key(self, producer: str | None, width: int) -> int:
         self.parent.append(len(self.parent))
@@ -123,6 +124,7 @@ class ChannelGraph:
             marks.append((False, False, "coupled to the network input"))
         followers = [f for k in keys for f in self.followers[k]] + [self.producer[k] for k in keys if k in self.gates]
         consumers = [c for k in keys for c in self.consumers[k]]
+        first = min(k for k in keys if k not in self.gates and self.producer[k])
         chain, note = (), ""
         if len(producers) > 1:
             marks.append((False, True, RESIDUAL))
@@ -131,13 +133,15 @@ class ChannelGraph:
             chain = common_prefix([c for c, _ in ends])
             if any(c != chain or not exact for c, exact in ends):
                 note = "note: the channel path branches after its chain; chain is the common prefix"
+        blocks = math.lcm(*(self.blocks.get(k, 1) for k in keys))
+        if blocks > 1 and self.width[first] // blocks < 2:
+            marks.append((False, False, f"grouped conv blocks of one channel ({blocks} blocks)"))
         reasons = list(dict.fromkeys(r for _, _, r in marks))
         splittable, prunable = all(m[0] for m in marks), all(m[1] for m in marks)
-        first = min(k for k in keys if k not in self.gates and self.producer[k])
         return Group(id=f"{self.producer[first]}:out", width=self.width[first], producers=tuple(producers),
                      chain=chain, followers=tuple(dict.fromkeys(followers)),
                      consumers=tuple(dict.fromkeys(consumers)), splittable=splittable, prunable=prunable,
-                     reason="; ".join(reasons) if reasons else (note if splittable else ""))
+                     reason="; ".join(reasons) if reasons else (note if splittable else ""), blocks=blocks)
 
     def fail(self, op: str, why: str) -> UnsupportedModelError:
         node = self.node

@@ -47,6 +47,9 @@ class Group:
     add couples them). chain: channel-wise ops from the (single) producer to the consumers, used by the
     splitting matrices. followers: every module with per-channel state that must be resized with the
     group (BatchNorms, depthwise convs). consumers: layers whose input columns read the group.
+    blocks: a grouped conv (groups = G) producing or reading the channels cuts them into G equal
+    contiguous blocks; a plan must split or remove the same number of channels in every block
+    (:meth:`energysplit.graph.plan.Plan.validate`), and surgery puts split copies at the end of their block.
     """
 
     id: str
@@ -58,6 +61,12 @@ class Group:
     splittable: bool = True
     prunable: bool = True
     reason: str = ""  # why not splittable / prunable
+    blocks: int = 1  # equal contiguous blocks (a grouped conv's groups): edits change each block alike
+
+    @property
+    def block_width(self) -> int:
+        """Channels per block: a grouped conv that produces or reads the group sees one block per group."""
+        return self.width // self.blocks
 
     def to_dict(self) -> dict:
         return asdict(self)

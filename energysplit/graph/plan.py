@@ -7,6 +7,7 @@ the end of the channel dimension in plan order.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,8 @@ class Plan:
                 gone.update(channels)
             if len(gone) >= g.width:
                 raise EnergySplitError(f"plan removes every channel of group {g.id}")
+        for gid in removed:
+            _check_blocks(inventory[gid], removed[gid], split[gid])
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -155,3 +158,16 @@ class Plan:
         except Exception as exc:
             raise EnergySplitError(f"{path}: not a readable energysplit plan ({type(exc).__name__})") from exc
         return cls.from_dict(data)
+
+
+def _check_blocks(g, removed: set[int], split: set[int]) -> None:
+    """A grouped conv's blocks must change alike: the same number of channels removed and split in every
+    block."""
+    if g.blocks == 1:
+        return
+    for verb, chans in (("remove", removed), ("split", split)):
+        per = Counter(c // g.block_width for c in chans)
+        if len({per[b] for b in range(g.blocks)}) > 1:
+            raise EnergySplitError(f"group {g.id} is cut into {g.blocks} blocks of {g.block_width} channels by a "
+                                   f"grouped conv: a plan must {verb} the same number of channels in every "
+                                   f"block, got {[per[b] for b in range(g.blocks)]}")

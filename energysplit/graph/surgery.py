@@ -33,19 +33,28 @@ class _Edit:
 
 
 def _group_edits(inventory: Inventory, plan: Plan) -> dict[str, _Edit]:
+    """Per group: kept channels then split copies, block by block (one block unless a grouped conv cuts
+    the group into several; a split copy stays in its own block)."""
     edits = {}
     for gid in plan.groups():
+        g = inventory[gid]
         ops = [op for op in plan if op.group == gid]
         splits = [op for op in ops if isinstance(op, Split)]
         removed = {c for op in ops if not isinstance(op, Split) for c in op.channels}
-        kept = [c for c in range(inventory[gid].width) if c not in removed]
-        pos = {c: j for j, c in enumerate(kept)}
-        edit = _Edit(kept + [s.channel for s in splits], [1.0] * (len(kept) + len(splits)), [])
-        for k, s in enumerate(splits):
-            old, new = pos[s.channel], len(kept) + k
-            edit.scale[old] = edit.scale[new] = 0.5
-            if s.direction is not None and s.eps > 0:
-                edit.perturb += [(old, s.eps, s.direction), (new, -s.eps, s.direction)]
+        edit, pos = _Edit([], [], []), {}
+        for lo in range(0, g.width, g.block_width):
+            for c in range(lo, lo + g.block_width):
+                if c not in removed:
+                    pos[c] = len(edit.index)
+                    edit.index.append(c)
+                    edit.scale.append(1.0)
+            for s in (s for s in splits if lo <= s.channel < lo + g.block_width):
+                old, new = pos[s.channel], len(edit.index)
+                edit.index.append(s.channel)
+                edit.scale.append(0.5)
+                edit.scale[old] = 0.5
+                if s.direction is not None and s.eps > 0:
+                    edit.perturb += [(old, s.eps, s.direction), (new, -s.eps, s.direction)]
         edits[gid] = edit
     return edits
 
@@ -69,6 +78,18 @@ def _check(model: nn.Module, inventory: Inventory, plan: Plan, edits: dict[str, 
                                    f"conv {dw[0]} into an ordinary conv; keep at least 2 channels")
 
 
+def _check_grouped(model: nn.Module, rows, cols) -> None:
+    """A grouped conv left with one input and one output channel per group would turn depthwise."""
+    for name in dict.fromkeys([*rows, *cols]):
+        m = model.get_submodule(name)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not _is_depthwise(m):
+            out = len(rows[name][0].index) if name in rows else m.out_channels
+            cin = m.in_channels + sum(len(edit.index) - width for _, edit, width in cols.get(name, []))
+            if out == cin == m.groups:
+                raise EnergySplitError(f"plan leaves grouped conv {name} with one input and one output channel "
+                                       "per group, which would make it depthwise; keep at least 2 on one side")
+
+
 def apply_plan_(model: nn.Module, inventory: Inventory, plan: Plan) -> Inventory:
     """Apply ``plan`` to ``model`` in place; return the re-traced Inventory (same group ids, new widths)."""
     from .trace import build_inventory
@@ -84,6 +105,7 @@ def apply_plan_(model: nn.Module, inventory: Inventory, plan: Plan) -> Inventory
         rows.update({f: (edit, False) for f in g.followers})
         for c in g.consumers:
             cols[c.module].append((c, edit, g.width))
+    _check_grouped(model, rows, cols)
     with torch.no_grad():
         for name in dict.fromkeys([*rows, *cols]):
             _edit_module(model.get_submodule(name), name, rows.get(name), cols.get(name, []))
@@ -112,6 +134,23 @@ def _columns(in_dim: int, cols) -> tuple[list[int], list[float]]:
     index += range(pos, in_dim)
     scale += [1.0] * (in_dim - pos)
     return index, scale
+
+
+def _read_columns(weight: torch.Tensor, groups: int, cols) -> torch.Tensor:
+    """The weight with its input columns re-ordered and scaled; a grouped conv's rows of group j read
+    only the columns of input block j (the plan keeps every block the same width)."""
+    per_in, per_out = weight.shape[1], weight.shape[0] // groups
+    index, scale = _columns(per_in * groups, cols)
+    per_new = len(index) // groups
+    shape = (1, -1) + (1,) * (weight.dim() - 2)
+    parts = []
+    for j in range(groups):
+        cols_j = [c - j * per_in for c in index[j * per_new:(j + 1) * per_new]]
+        if len(index) % groups or not all(0 <= c < per_in for c in cols_j):
+            raise RuntimeError(f"an edit moves input columns across the groups of a grouped conv: {index}")
+        scale_j = torch.tensor(scale[j * per_new:(j + 1) * per_new]).to(weight).view(shape)
+        parts.append(_take(weight[j * per_out:(j + 1) * per_out], cols_j, 1) * scale_j)
+    return torch.cat(parts)
 
 
 def _take(t: torch.Tensor, index: list[int], dim: int = 0) -> torch.Tensor:
@@ -144,9 +183,7 @@ def _edit_module(m: nn.Module, name: str, row, cols) -> None:
                 weight[j] += eps * v.to(weight)
         bias = None if bias is None else _take(bias, edit.index)
     if cols:
-        index, scale = _columns(weight.shape[1], cols)
-        shape = (1, -1) + (1,) * (weight.dim() - 2)
-        weight = _take(weight, index, 1) * torch.tensor(scale).to(weight).view(shape)
+        weight = _read_columns(weight, 1 if depthwise or isinstance(m, nn.Linear) else m.groups, cols)
     m.weight = _param(weight, m.weight)
     if bias is not None:
         m.bias = _param(bias, m.bias)

@@ -13,6 +13,7 @@ for costing, records the op as rejected instead and drops its channel state).
 """
 from __future__ import annotations
 
+import math
 import operator
 from collections import Counter
 from dataclasses import dataclass
@@ -166,22 +167,19 @@ class _Walker(ChannelGraph):
             raise self.fail(kind, "unknown module type; cannot tell how it treats channels")
 
     def conv(self, node, name: str, m, x) -> None:
+        """An ordinary conv consumes its input; a depthwise one follows it; a grouped one (groups = G)
+        cuts its input and output channels into G blocks that every edit changes alike."""
         cin, cout, g = m.in_channels, m.out_channels, m.groups
-        if g == 1:
-            self.consume(name, x)
-        elif g == cin == cout and cin > 1:  # depthwise: a channel-wise follower
+        if g == cin == cout and cin > 1:  # depthwise: a channel-wise follower
             return self.follow(node, name, x, ChainOp("dw", name), f"depthwise conv '{name}'")
-        reason = f"grouped conv {name} (groups={g}) ties channels to its groups"
-        if g != 1:
-            self.consume(name, x, freeze=reason)
+        whole = g == 1 or (len(x) == 1 and x[0].repeat == 1)
+        self.consume(name, x, freeze=None if whole else f"grouped conv {name} (groups={g}) reads a concat")
+        if g > 1 and whole:
+            self.blocks[x[0].key] = math.lcm(self.blocks.get(x[0].key, 1), g)
         key = self.new_key(name, cout)
-        if g != 1:
-            self.marks[key].append((False, False, reason))
+        if g > 1:
+            self.blocks[key] = g
         self.state[node] = (Segment(key, cout),)
-
-
-
-
 
     def activation(self, node: fx.Node, name: str, x) -> None:
         act, params = ops.node_activation(node)
