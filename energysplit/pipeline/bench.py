@@ -1,6 +1,7 @@
-"""Benchmark: every method, from the same trained base model and data, to the same budgets, with the
-same fine-tuning epochs, over several seeds. Rows are appended to a CSV as they finish (a crashed sweep
-resumes where it stopped); a failing method is recorded and the sweep goes on.
+"""Benchmark: every method to the same budgets with the same training epochs, over several seeds; in the
+``compress`` protocol from the same trained base model, in ``grow`` and ``scratch`` from nothing
+(:mod:`.protocols`). Rows are appended to a CSV as they finish (a crashed sweep resumes where it stopped);
+a failing method is recorded and the sweep goes on.
 
 Several processes can share one sweep (``worker=True``, e.g. a few processes feeding one GPU): each takes
 the next job that is neither finished nor claimed by a live process of this host (``claims.json``), so the
@@ -17,14 +18,18 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .._io import atomic_write_json
+from ..errors import ConfigError
+from .protocols import PROTOCOLS, base_model, check_protocol, protocol_changes, run_method
+from .protocols import jobs as protocol_jobs
+from .seed_growth import Ledger, SeedGrowth
 from .summary import summarise
 
-FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", "test_accuracy", "flops_MACs",
-          "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error"]
+FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", "test_accuracy", "epochs",
+          "mac_epochs", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,21 @@ class BenchConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     base_epochs: float = 10.0
-    epochs: float = 3.0  # fine-tuning budget of every method
+    epochs: float = 3.0  # E: compress: every method's fine-tuning; grow/scratch: every method's training in all
     lr: float = 0.05
     batch_size: int = 128
     latency_models: tuple = ("mobilenet_v2",)  # models that get the cpu budget (latency is slow to cost)
     channel_multiple: int | None = None  # changed widths stay multiples of this, every method; None: the target's
     device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit._device)
+    protocol: str = "compress"  # compress, grow or scratch (:mod:`energysplit.pipeline.protocols`)
+    growth: SeedGrowth = SeedGrowth()  # grow/scratch: the splitting methods' recipe (untuned defaults)
+    taylor_base_share: float = 0.5  # grow/scratch: taylor trains the full width for this share of E (untuned)
+    arch_source: str | None = None  # scratch: a grow sweep whose archs/ hold the widths to retrain
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS or not 0 < self.taylor_base_share < 1:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r}) and "
+                              f"taylor_base_share in (0, 1) (got {self.taylor_base_share})")
 
 
 PROFILES = {
@@ -60,6 +74,13 @@ PROFILES = {
 }
 
 
+def profile(name: str, protocol: str = "compress") -> BenchConfig:
+    """The profile ``name`` of ``protocol`` (the grow and scratch protocols change the compress profile)."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; use one of {', '.join(PROFILES)}")
+    return replace(PROFILES[name], **protocol_changes(name, protocol))
+
+
 def _row_key(row: dict) -> tuple:
     return (row["model"], row["target"], row["budget_name"], row["method"], str(row["seed"]))
 
@@ -73,11 +94,12 @@ def _done_rows(path: Path) -> dict:
 
 def _append(path: Path, row: dict) -> None:
     new = not path.exists()
+    header = FIELDS if new else path.open().readline().strip().split(",")  # a sweep begun before new columns
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=header)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        writer.writerow({k: row.get(k, "") for k in header})
 
 
 def _locked(out: Path):
@@ -92,8 +114,8 @@ def _device_name(device: str) -> str:
 
     from .._device import resolve_device
 
-    resolved = resolve_device(device)
-    return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    return (torch.cuda.get_device_name(resolved) if (resolved := resolve_device(device)).type == "cuda"
+            else f"cpu ({os.cpu_count()} cores)")
 
 
 def _git_commit() -> str | None:
@@ -135,33 +157,6 @@ def _claim(out: Path, key: tuple) -> bool:
         return True
 
 
-def base_model(name: str, config: BenchConfig, data, out: Path, log):
-    """Train (or reload) the shared base model of ``name``."""
-    import torch
-
-    from ..graph.archive import load_model, save_model
-    from ..training.loop import TrainConfig, train
-    from ..zoo import create_model
-
-    path = out / f"base_{name}.es"
-    arch = {"name": name, "kwargs": {"in_channels": data.in_channels, "num_classes": data.num_classes,
-                                     "width": config.width, **({"act": config.act} if config.act else {})}}
-    if path.exists():
-        model, _ = load_model(path)
-        return model, arch
-    torch.manual_seed(1234)
-    model = create_model(name, **arch["kwargs"])
-    result = train(model, data.train, TrainConfig(epochs=config.base_epochs, lr=config.lr, batch_size=config.batch_size,
-                                                  seed=1234), val=data.val, desc=f"base {name}")
-    log(f"base {name}: val acc {result.val_accuracy:.4f} after {config.base_epochs:g} epochs ({result.seconds:.0f} s)")
-    from ..training.distributed import barrier, is_main
-
-    if is_main():
-        save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
-    barrier()
-    return model, arch
-
-
 def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=print, worker: bool = False) -> Path:
     """Run (or resume) the sweep into ``out``; returns ``out``. With ``worker=True`` this process is one of
     several sharing ``out``: it runs the jobs it claims first (the base models are trained once, by the first
@@ -200,7 +195,7 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
             continue
         start = time.perf_counter()
         try:
-            row.update(_run_job(job, config, data, estimators, base_acc, log), status="ok")
+            row.update(_run_job(job, config, data, estimators, base_acc, log, out), status="ok")
         except Exception as exc:  # one method's failure must not stop the sweep: it is recorded with its error
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             log(traceback.format_exc(limit=3))
@@ -213,7 +208,7 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
                if row["status"] == "ok" else f"FAILED {row['error']}"))
     if is_main() and csv_path.exists():
         with _locked(out):
-            summarise(out)
+            summarise(out, config.protocol)
     barrier()
     return out
 
@@ -225,6 +220,7 @@ def _record_run(out: Path, config: BenchConfig, command: str, worker: bool) -> N
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
+        check_protocol(runs, config.protocol, out)
         run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
                "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
                **({"worker": True} if worker else {})}
@@ -236,6 +232,8 @@ def _jobs(config: BenchConfig, data, estimators: dict, out: Path, log) -> list[t
     None), then seed-major: a sweep cut short still covers every model, method and budget."""
     from ..training.distributed import is_main
 
+    if config.protocol != "compress":  # no base models
+        return protocol_jobs(config, data, estimators)
     jobs, models = [], []
     for model_name in config.models:
         with _locked(out) if is_main() else contextlib.nullcontext():
@@ -248,13 +246,15 @@ def _jobs(config: BenchConfig, data, estimators: dict, out: Path, log) -> list[t
                    for model_name, base, arch, budgets in models for t, f, b in budgets for m in config.methods]
 
 
-def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: dict, log) -> dict:
-    """One method (or the base model, seed None) at one budget: test accuracy, costs and parameters."""
+def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: dict, log, out: Path) -> dict:
+    """One method (or the base model, seed None) at one budget: test accuracy (the test split's one read),
+    training epochs and MAC-epochs, costs, parameters."""
     from ..methods import METHODS, MethodContext
     from ..training.loop import TrainConfig, evaluate, seed_everything
 
     model_name, base, arch, target_name, fraction, budget, method, seed = job
     target, shape = estimators[target_name], data.input_shape
+    ledger = Ledger(shape)
     if seed is None:
         model = base
         acc = base_acc.setdefault(model_name, evaluate(base, data.test).accuracy)
@@ -264,11 +264,13 @@ def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: 
         ctx = MethodContext(data, target, budget, TrainConfig(epochs=config.epochs, lr=config.lr,
                             batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
                             channel_multiple=config.channel_multiple or target.channel_multiple,
-                            log=lambda s: log(f"  [{tag}] {s}"))
-        model = METHODS.get(method)(copy.deepcopy(base), ctx)
+                            log=lambda s: log(f"  [{tag}] {s}"), on_train=ledger)
+        model = (METHODS.get(method)(copy.deepcopy(base), ctx) if config.protocol == "compress"
+                 else run_method(job, config, ctx, out))
         acc = evaluate(model, data.test).accuracy
-    return dict(test_accuracy=acc, flops_MACs=estimators["flops"].predict(model, shape).total,
+    return dict(test_accuracy=acc, epochs=ledger.epochs if ledger.rows else "", mac_epochs=ledger.mac_epochs or "",
+                flops_MACs=estimators["flops"].predict(model, shape).total,
+                params=sum(p.numel() for p in model.parameters()),
                 mobile_mJ=estimators["mobile"].predict(model, shape).total,
                 cpu_ms=estimators["cpu"].estimate(model, shape).total,
-                params=sum(p.numel() for p in model.parameters()),
                 cost_on_target=target.predict(model, shape).total)

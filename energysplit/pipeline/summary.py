@@ -1,10 +1,11 @@
 """A benchmark's summary: mean and spread over seeds per model, budget and method (summary.csv, summary.md
-with the product's goal check) and the accuracy-vs-cost plot (pareto.png)."""
+with the goal check of its protocol) and the accuracy-vs-cost plot (pareto.png)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-def summarise(out: str | Path):
+
+def summarise(out: str | Path, protocol: str = "compress"):
     """Mean and std over seeds per model/budget/method -> summary.csv, summary.md and pareto.png."""
     import pandas as pd
 
@@ -12,11 +13,13 @@ def summarise(out: str | Path):
     df = pd.read_csv(out / "results.csv")
     ok = df[df.status == "ok"]
     cols = ["test_accuracy", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s"]
+    cols += [c for c in ("epochs", "mac_epochs") if c in df]  # training compute (sweeps since the grow protocol)
     summary = ok.groupby(["model", "target", "budget_name", "method"])[cols].agg(["mean", "std", "count"])
     summary.columns = ["_".join(c) for c in summary.columns]
     summary = summary.reset_index()
     summary.to_csv(out / "summary.csv", index=False)
-    lines = [markdown_summary(summary)] + goal_lines(summary)
+    goals = {"compress": goal_lines, "grow": growth_goal_lines, "scratch": scratch_goal_lines}[protocol]
+    lines = [f"Protocol: {protocol}.", "", markdown_summary(summary)] + goals(summary)
     failed = df[df.status != "ok"]
     if len(failed):
         lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed "
@@ -37,8 +40,11 @@ def markdown_summary(summary) -> str:
     table["mobile mJ"] = s.mobile_mJ_mean.map("{:.4f}".format)
     table["cpu ms"] = s.cpu_ms_mean.map("{:.3f}".format)
     table["MACs"] = s.flops_MACs_mean.map("{:,.0f}".format)
+    if "epochs_mean" in s:  # the training compute, where the sweep counted it
+        table["epochs"] = s.epochs_mean.map(lambda v: "-" if v != v else f"{v:.3g}")
+        table["MAC-epochs"] = s.mac_epochs_mean.map(lambda v: "-" if v != v else f"{v:.3g}")
     return table.to_markdown(index=False, disable_numparse=True,
-                             colalign=["left"] * 5 + ["right"] * 3)
+                             colalign=["left"] * 5 + ["right"] * (len(table.columns) - 5))
 
 
 PRUNERS = ("l1", "taylor", "slimming", "random")
@@ -69,6 +75,42 @@ def goal_lines(summary) -> list[str]:
                 parts.append(f"{'dominates' if dominates else 'does not dominate'} {name}")
         lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
     return lines if len(lines) > 3 else []
+
+
+def growth_goal_lines(summary) -> list[str]:
+    """The grow protocol's goals per model and budget: splitting >= 1 point above the best other method,
+    and above splitting-blind and splitting-random (energy-awareness and the splitting index carry weight)."""
+    lines = ["", "Goal check (splitting vs the best other method, >= +1 point; vs the ablations, > 0):", ""]
+    for (model, target, budget), g in summary.groupby(["model", "target", "budget_name"]):
+        by = g.set_index("method").test_accuracy_mean
+        if "splitting" not in by.index or len(by) < 2:
+            continue
+        others = by.drop("splitting")
+        gap = 100 * (by["splitting"] - others.max())
+        parts = [f"{gap:+.2f} points vs {others.idxmax()} ({'met' if gap >= 1.0 else 'not met'})"]
+        parts += [f"{100 * (by['splitting'] - by[m]):+.2f} vs {m} ({_met(by['splitting'] > by[m])})"
+                  for m in ("splitting-blind", "splitting-random") if m in by.index]
+        lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
+    return lines if len(lines) > 3 else []
+
+
+def scratch_goal_lines(summary) -> list[str]:
+    """The scratch protocol's goal: splitting's architecture, trained from scratch, at least matches the
+    uniform and Taylor architectures."""
+    lines = ["", "Goal check (splitting's architecture from scratch vs uniform-scratch and taylor's, >= 0):", ""]
+    for (model, target, budget), g in summary.groupby(["model", "target", "budget_name"]):
+        by = g.set_index("method").test_accuracy_mean
+        if "splitting" not in by.index:
+            continue
+        parts = [f"{100 * (by['splitting'] - by[m]):+.2f} points vs {m} ({_met(by['splitting'] >= by[m])})"
+                 for m in ("uniform-scratch", "taylor") if m in by.index]
+        if parts:
+            lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
+    return lines if len(lines) > 3 else []
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
 def pareto_plot(df, path: Path) -> None:

@@ -1,0 +1,181 @@
+"""The benchmark's protocols besides ``compress`` (``BenchConfig.protocol``), one total training budget each.
+
+- ``compress`` (:mod:`.bench`): one trained base model per architecture (:func:`base_model`), every method
+  compresses it with the same fine-tuning epochs E.
+- ``grow``: the paper's setting (Wang et al. 2019, section 5). No trained model: every method gets E epochs
+  in all, counting every model it trains on the way. ``splitting`` (a seed trained from scratch, grown by
+  the energy-aware LP, :mod:`.seed_growth`), ``splitting-blind`` (S2D: the most negative lambda, cost
+  ignored) and ``splitting-random`` (random neurons): same seed, same step limits (seed cost x growth^k),
+  same epochs per phase; ``uniform-scratch`` (the width multiplier at the budget, E epochs); ``taylor``
+  (the full-width model trained ``taylor_base_share`` x E epochs, Taylor-pruned to the budget, fine-tuned
+  for the rest, one learning-rate schedule over both).
+- ``scratch``: architecture quality (Liu et al. 2019, "Rethinking the Value of Network Pruning"): the final
+  widths of every ``grow`` method, re-initialised (PyTorch's default init, the same for all) and trained
+  from scratch with one recipe for E epochs. The widths come from ``OUT/archs`` or ``arch_source/archs``
+  (a ``grow`` sweep), else the method runs first (its compute is not counted).
+
+Every row records its training in epochs and MAC-epochs (:class:`~.seed_growth.Ledger`). Only the
+validation split guides a run; the test split is read once, on the final model (in :mod:`.bench`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ConfigError
+
+PROTOCOLS = ("compress", "grow", "scratch")
+GROW_METHODS = ("splitting", "splitting-blind", "splitting-random", "uniform-scratch", "taylor")
+SELECTORS = {"splitting": "lp", "splitting-blind": "cost-blind", "splitting-random": "random"}
+
+# the grow and scratch protocols' profiles: changes to the compress profile of the same name (E = epochs;
+# the sizes are not tuned yet: the medium and full sweeps are sized when they are run)
+PROFILES = {
+    "tiny": dict(models=("vgg_small",), width=0.5, budgets=(("mobile", 0.25),), seeds=(0,), data="digits",
+                 epochs=2.0),
+    "quick": dict(models=("mobilenet_v2",), budgets=(("mobile", 0.25),), seeds=(0,), train_subset=4000,
+                  test_subset=2000, epochs=4.0),
+    "medium": dict(budgets=(("mobile", 0.25), ("mobile", 0.1)), train_subset=4000, test_subset=5000, epochs=8.0),
+    "full": dict(budgets=(("mobile", 0.5), ("mobile", 0.25), ("mobile", 0.1)), epochs=15.0),
+}
+
+
+def protocol_changes(profile: str, protocol: str) -> dict:
+    """The fields that ``protocol`` sets on the compress profile ``profile`` (none for compress)."""
+    if protocol == "compress":
+        return {}
+    return dict(PROFILES[profile], protocol=protocol, methods=GROW_METHODS, latency_models=())
+
+
+def arch_of(name: str, config, data) -> dict:
+    """The zoo architecture ``name`` at the sweep's width and activation, sized for ``data``."""
+    return {"name": name, "kwargs": {"in_channels": data.in_channels, "num_classes": data.num_classes,
+                                     "width": config.width, **({"act": config.act} if config.act else {})}}
+
+
+def base_model(name: str, config, data, out: Path, log):
+    """The compress protocol's base model of ``name``: trained once (or reloaded), shared by every method."""
+    import torch
+
+    from ..graph.archive import load_model, save_model
+    from ..training.loop import TrainConfig, train
+    from ..zoo import create_model
+
+    path, arch = out / f"base_{name}.es", arch_of(name, config, data)
+    if path.exists():
+        model, _ = load_model(path)
+        return model, arch
+    torch.manual_seed(1234)
+    model = create_model(name, **arch["kwargs"])
+    result = train(model, data.train, TrainConfig(epochs=config.base_epochs, lr=config.lr, batch_size=config.batch_size,
+                                                  seed=1234), val=data.val, desc=f"base {name}")
+    log(f"base {name}: val acc {result.val_accuracy:.4f} after {config.base_epochs:g} epochs ({result.seconds:.0f} s)")
+    from ..training.distributed import barrier, is_main
+
+    if is_main():
+        save_model(model, path, arch, data.input_shape, meta={"train": result.to_dict()})
+    barrier()
+    return model, arch
+
+
+def check_protocol(runs: list[dict], protocol: str, out: Path) -> None:
+    """A sweep's folder holds one protocol (its rows share keys with the others')."""
+    other = {r["config"].get("protocol", "compress") for r in runs} - {protocol}
+    if other:
+        raise ConfigError(f"{out} holds a {other.pop()} sweep; give the {protocol} protocol its own --out")
+
+
+def jobs(config, data, estimators: dict) -> list[tuple]:
+    """(model, full-width model, arch, target, fraction, budget, method, seed) of every run, seed-major;
+    budgets are fractions of the untrained full-width model's cost."""
+    from .seed_growth import build
+
+    models = []
+    for name in config.models:
+        arch = arch_of(name, config, data)
+        full = build(arch, config.width)
+        budgets = [(t, f, estimators[t].predict(full, data.input_shape).total * f) for t, f in config.budgets
+                   if t != "cpu" or name in config.latency_models]
+        models.append((name, full, arch, budgets))
+    return [(name, full, arch, t, f, b, m, s) for s in config.seeds for name, full, arch, budgets in models
+            for t, f, b in budgets for m in config.methods]
+
+
+def run_method(job: tuple, config, ctx, out: Path) -> nn.Module:
+    """The model that ``job``'s method trains under ``config.protocol`` (every training run reported to
+    ``ctx.on_train``)."""
+    if config.protocol == "grow":
+        model = grow_method(job[6], job[2], ctx, config)
+        save_widths(model, _arch_file(out, job), ctx.input_shape)
+        return model
+    if config.protocol == "scratch":
+        return scratch_method(job, config, ctx, out)
+    raise ConfigError(f"unknown protocol {config.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+
+
+def grow_method(method: str, arch: dict, ctx, config) -> nn.Module:
+    """One method of the ``grow`` protocol; ``ctx.train.epochs`` (E) is its whole training."""
+    from ..methods import METHODS, train_model
+    from ..training.loop import seed_everything
+    from .seed_growth import build, grow_from_seed
+
+    if method in SELECTORS:
+        return grow_from_seed(ctx, replace(config.growth, selector=SELECTORS[method]))
+    seed_everything(ctx.seed)
+    full = build(arch, config.width)
+    if method == "uniform-scratch":
+        return METHODS.get(method)(full, ctx)
+    if method == "taylor":
+        share, total = config.taylor_base_share, ctx.train.epochs
+        train_model(full, ctx, replace(ctx.train, epochs=share * total, span=(0.0, share), seed=ctx.seed),
+                    "train full-width base", val=ctx.data.val)
+        later = replace(ctx, train=replace(ctx.train, epochs=(1 - share) * total, span=(share, 1.0)))
+        return METHODS.get(method)(full, later)
+    raise ConfigError(f"method {method!r} is not in the grow protocol; use one of {', '.join(GROW_METHODS)}")
+
+
+def scratch_method(job: tuple, config, ctx, out: Path) -> nn.Module:
+    """``job``'s method's final widths, re-initialised and trained from scratch for E epochs."""
+    from ..graph.archive import resize_
+    from ..methods import train_model
+    from ..training.loop import seed_everything
+    from .seed_growth import build
+
+    name, _, arch, *_, method, seed = job
+    sources = [_arch_file(out, job)] + ([_arch_file(Path(config.arch_source), job)] if config.arch_source else [])
+    found = next((p for p in sources if p.exists()), None)
+    if found is None:  # find the architecture first (its training is not this protocol's)
+        save_widths(grow_method(method, arch, replace(ctx, on_train=None), config), sources[0], ctx.input_shape)
+        found = sources[0]
+    widths = json.loads(found.read_text())["widths"]
+    seed_everything(seed)
+    model = build(arch, config.width)
+    resize_(model, widths, ctx.input_shape)
+    reinitialise_(model)
+    train_model(model, ctx, replace(ctx.train, seed=seed), "train from scratch", val=ctx.data.val)
+    return model
+
+
+def reinitialise_(model: nn.Module) -> nn.Module:
+    """PyTorch's default initialisation of every layer (and fresh BatchNorm statistics)."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model
+
+
+def _arch_file(out: Path, job: tuple) -> Path:
+    name, _, _, target, fraction, _, method, seed = job
+    return Path(out) / "archs" / f"{name}_{target}_{fraction:g}_{method}_s{seed}.json"
+
+
+def save_widths(model: nn.Module, path: Path, input_shape) -> None:
+    """The model's group widths as JSON (what the scratch protocol rebuilds)."""
+    from .._io import atomic_write_json
+    from ..graph.trace import build_inventory
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"widths": build_inventory(model, input_shape).widths()})
