@@ -72,6 +72,7 @@ class ChannelGraph:
         self.inputs: set[int] = set()
         self.gates: set[int] = set()
         self.followers = defaultdict(list)
+        self.partial = defaultdict(list)  # key -> [Consumer]: per-channel layers on a concat holding it
         self.consumers = defaultdict(list)
         self.ends = defaultdict(list)  # key -> [(chain, exact)] where the channels are read
         self.marks = defaultdict(list)  # key -> [(splittable, prunable, reason)]
@@ -124,6 +125,7 @@ class ChannelGraph:
             marks.append((False, False, "coupled to the network input"))
         followers = [f for k in keys for f in self.followers[k]] + [self.producer[k] for k in keys if k in self.gates]
         consumers = [c for k in keys for c in self.consumers[k]]
+        partial = [c for k in keys for c in self.partial[k]]
         first = min(k for k in keys if k not in self.gates and self.producer[k])
         chain, note = (), ""
         if len(producers) > 1:
@@ -140,7 +142,8 @@ class ChannelGraph:
         splittable, prunable = all(m[0] for m in marks), all(m[1] for m in marks)
         return Group(id=f"{self.producer[first]}:out", width=self.width[first], producers=tuple(producers),
                      chain=chain, followers=tuple(dict.fromkeys(followers)),
-                     consumers=tuple(dict.fromkeys(consumers)), splittable=splittable, prunable=prunable,
+                     consumers=tuple(dict.fromkeys(consumers)), partial_followers=tuple(dict.fromkeys(partial)),
+                     splittable=splittable, prunable=prunable,
                      reason="; ".join(reasons) if reasons else (note if splittable else ""), blocks=blocks)
 
     def fail(self, op: str, why: str) -> UnsupportedModelError:
@@ -162,10 +165,19 @@ class ChannelGraph:
             offset += s.width * s.repeat
 
     def follow(self, node, name: str, x, op: ChainOp, kind: str) -> None:
-        if len(x) != 1 or x[0].repeat != 1:
-            raise self.fail(kind, "per-channel layer on a concat of several groups or a flattened tensor")
-        self.followers[x[0].key].append(name)
-        self.state[node] = self.extend(x, op)
+        """A per-channel layer (BatchNorm, depthwise conv). On a concat of several groups each segment
+        follows its own group at its offset (a partial follower); the chain stops at the concat."""
+        if any(s.repeat != 1 for s in x):
+            raise self.fail(kind, "per-channel layer on a flattened tensor")
+        if len(x) == 1:
+            self.followers[x[0].key].append(name)
+            self.state[node] = self.extend(x, op)
+            return
+        offset = 0
+        for s in x:
+            self.partial[s.key].append(Consumer(name, offset))
+            offset += s.width
+        self.state[node] = self.extend(x, None)
 
     @staticmethod
     def extend(x, op: ChainOp | None):

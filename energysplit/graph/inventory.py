@@ -47,6 +47,8 @@ class Group:
     add couples them). chain: channel-wise ops from the (single) producer to the consumers, used by the
     splitting matrices. followers: every module with per-channel state that must be resized with the
     group (BatchNorms, depthwise convs). consumers: layers whose input columns read the group.
+    partial_followers: per-channel layers on a concatenation of several groups (DenseNet's BatchNorms),
+    holding this group's channels from ``offset`` on; each segment is resized with its own group.
     blocks: a grouped conv (groups = G) producing or reading the channels cuts them into G equal
     contiguous blocks; a plan must split or remove the same number of channels in every block
     (:meth:`energysplit.graph.plan.Plan.validate`), and surgery puts split copies at the end of their block.
@@ -58,6 +60,7 @@ class Group:
     chain: tuple[ChainOp, ...] = ()
     followers: tuple[str, ...] = ()
     consumers: tuple[Consumer, ...] = ()
+    partial_followers: tuple[Consumer, ...] = ()
     splittable: bool = True
     prunable: bool = True
     reason: str = ""  # why not splittable / prunable

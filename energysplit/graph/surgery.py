@@ -3,8 +3,9 @@
 Split (Liu et al. 2019, arXiv 1910.02366; Wang et al. 2019, arXiv 1910.03103; METHOD.md section 2):
 the channel is duplicated in every producer as theta + eps*v (kept slot) and theta - eps*v (new slot,
 appended), bias copied; BatchNorm statistics, depthwise filters and squeeze-excitation gate rows are
-duplicated unscaled; every consumer's input column (a block of H*W columns after a flatten) is
-duplicated and both copies halved, so eps = 0 leaves the function unchanged. Remove deletes the
+duplicated unscaled (on a concat of several groups, each segment as its group says); every consumer's
+input column (a block of H*W columns after a flatten) is duplicated and both copies halved, so eps = 0
+leaves the function unchanged. Remove deletes the
 channel's rows, follower entries and consumer columns. The perturbation is added in the producer's
 original input coordinates before its own input columns are expanded, so when its input channel is
 split in the same plan the entries of v are copied into both copies and halved (v^T x preserved).
@@ -99,12 +100,18 @@ def apply_plan_(model: nn.Module, inventory: Inventory, plan: Plan) -> Inventory
     _check(model, inventory, plan, edits)
     rows: dict[str, tuple[_Edit, bool]] = {}
     cols: dict[str, list[tuple[Consumer, _Edit, int]]] = defaultdict(list)
+    parts: dict[str, list[tuple[Consumer, _Edit, int]]] = defaultdict(list)
     for gid, edit in edits.items():
         g = inventory[gid]
         rows.update({p: (edit, True) for p in g.producers})
         rows.update({f: (edit, False) for f in g.followers})
         for c in g.consumers:
             cols[c.module].append((c, edit, g.width))
+        for c in g.partial_followers:
+            parts[c.module].append((c, edit, g.width))
+    for name, entries in parts.items():  # a per-channel layer on a concat: its channels re-ordered, unscaled
+        index, _ = _columns(_channels(model.get_submodule(name)), entries)
+        rows[name] = (_Edit(index, [1.0] * len(index), []), False)
     _check_grouped(model, rows, cols)
     with torch.no_grad():
         for name in dict.fromkeys([*rows, *cols]):
@@ -151,6 +158,10 @@ def _read_columns(weight: torch.Tensor, groups: int, cols) -> torch.Tensor:
         scale_j = torch.tensor(scale[j * per_new:(j + 1) * per_new]).to(weight).view(shape)
         parts.append(_take(weight[j * per_out:(j + 1) * per_out], cols_j, 1) * scale_j)
     return torch.cat(parts)
+
+
+def _channels(m: nn.Module) -> int:
+    return m.num_features if isinstance(m, nn.modules.batchnorm._BatchNorm) else m.out_channels
 
 
 def _take(t: torch.Tensor, index: list[int], dim: int = 0) -> torch.Tensor:
