@@ -135,3 +135,39 @@ def test_the_lock_excludes_another_process(tmp_path):
         held = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     free = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert (held.stdout.strip(), free.stdout.strip()) == ("timeout", "acquired"), (held.stderr, free.stderr)
+
+
+def test_the_grow_protocol_records_training_compute_and_keeps_its_folder(tmp_path):
+    """The tiny grow profile through run_benchmark: every row trained E epochs in all, with its MAC-epochs in
+    the CSV and the summary; a folder of one protocol refuses another."""
+    import pytest
+
+    from energysplit.errors import ConfigError
+    from energysplit.pipeline.bench import profile
+    from energysplit.pipeline.seed_growth import SeedGrowth
+
+    config = replace(profile("tiny", "grow"), methods=("splitting", "uniform-scratch"), train_subset=300, epochs=1.0,
+                     growth=SeedGrowth(seed_fraction=0.3, step_growth=2.0, score_samples=128))
+    out = run_benchmark(config, tmp_path / "grow", command="test", log=lambda s: None)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(r["method"] for r in rows) == ["splitting", "uniform-scratch"]  # no base model in this protocol
+    for row in rows:
+        assert row["status"] == "ok", row["error"]
+        assert float(row["epochs"]) == pytest.approx(1.0)
+        assert float(row["mac_epochs"]) >= float(row["flops_MACs"]) * 0.1 > 0
+        assert float(row["cost_on_target"]) <= float(row["budget"])
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("Protocol: grow.") and "MAC-epochs" in summary and "vs uniform-scratch" in summary
+    assert (out / "archs").is_dir() and len(list((out / "archs").iterdir())) == 2
+    with pytest.raises(ConfigError, match="holds a grow sweep"):
+        run_benchmark(replace(config, protocol="compress"), out, log=lambda s: None)
+
+
+def test_rows_append_to_a_csv_begun_before_the_new_columns(tmp_path):
+    from energysplit.pipeline.bench import FIELDS, _append
+
+    old = [f for f in FIELDS if f not in ("epochs", "mac_epochs")]
+    (tmp_path / "results.csv").write_text(",".join(old) + "\n")
+    _append(tmp_path / "results.csv", {"model": "m", "method": "l1", "epochs": 2.0, "status": "ok"})
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert list(rows[0]) == old and rows[0]["method"] == "l1" and rows[0]["status"] == "ok"

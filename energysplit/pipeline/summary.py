@@ -40,7 +40,7 @@ def markdown_summary(summary) -> str:
     table["mobile mJ"] = s.mobile_mJ_mean.map("{:.4f}".format)
     table["cpu ms"] = s.cpu_ms_mean.map("{:.3f}".format)
     table["MACs"] = s.flops_MACs_mean.map("{:,.0f}".format)
-    if "epochs_mean" in s:  # the training compute, where the sweep counted it
+    if "epochs_mean" in s and s.epochs_mean.notna().any():  # the training compute, where the sweep counted it
         table["epochs"] = s.epochs_mean.map(lambda v: "-" if v != v else f"{v:.3g}")
         table["MAC-epochs"] = s.mac_epochs_mean.map(lambda v: "-" if v != v else f"{v:.3g}")
     return table.to_markdown(index=False, disable_numparse=True,

@@ -1,0 +1,133 @@
+"""The benchmark's protocols count training the same way: every method of every protocol trains exactly E
+epochs (counted at the training loop itself), the ledger's MAC-epochs add up, and the splitting ablations
+spend the same cost per growth step as energy-aware splitting."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from energysplit.cost.estimator import create_target
+from energysplit.methods import METHODS, MethodContext
+from energysplit.pipeline.bench import PROFILES, profile
+from energysplit.pipeline.protocols import GROW_METHODS, jobs, run_method
+from energysplit.pipeline.seed_growth import Ledger, SeedGrowth, grow_from_seed
+from energysplit.training import loop
+from energysplit.training.loop import TrainConfig
+
+E = 1.0
+RECIPE = SeedGrowth(seed_fraction=0.3, step_growth=2.0, score_samples=128)
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+    return digits.subset(train=200, val=60, test=60)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Every training run's epochs, as the training loop itself receives them."""
+    runs = []
+    inner = loop._train
+
+    def counting(model, data, config, *args):
+        runs.append(config.epochs)
+        return inner(model, data, config, *args)
+
+    monkeypatch.setattr(loop, "_train", counting)
+    return runs
+
+
+def _context(data, budget, arch, seed=0, on_train=None):
+    return MethodContext(data, create_target("mobile"), budget, TrainConfig(epochs=E, batch_size=64, progress=False),
+                         arch=arch, seed=seed, channel_multiple=8, score_batches=2, log=lambda s: None,
+                         on_train=on_train)
+
+
+@pytest.mark.parametrize("protocol", ["grow", "scratch"])
+def test_every_method_of_the_growth_protocols_trains_e_epochs(protocol, data, counted, tmp_path):
+    config = replace(profile("tiny", protocol), epochs=E, growth=RECIPE)
+    estimators = {"mobile": create_target("mobile")}
+    listed = jobs(config, data, estimators)
+    assert sorted(job[6] for job in listed) == sorted(GROW_METHODS)
+    if protocol == "scratch":  # the architectures come from a grow sweep in the same folder
+        for job in listed:
+            run_method(job, replace(config, protocol="grow"), _context(data, job[5], job[2]), tmp_path)
+    for job in listed:
+        counted.clear()
+        ledger = Ledger(data.input_shape)
+        model = run_method(job, config, _context(data, job[5], job[2], on_train=ledger), tmp_path)
+        assert sum(counted) == pytest.approx(E), (job[6], counted)
+        assert [r["epochs"] for r in ledger.rows] == pytest.approx(counted)
+        # the last run trains the returned model: its MACs are the result's
+        assert ledger.rows[-1]["macs"] == create_target("flops").predict(model, data.input_shape).total
+        assert ledger.mac_epochs > 0
+        assert create_target("mobile").predict(model, data.input_shape).total <= job[5] * (1 + 1e-9)
+        if protocol == "scratch":  # one recipe: one from-scratch run of E epochs on the method's widths
+            assert counted == [E] and ledger.rows[0]["phase"] == "train from scratch"
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_of_the_compress_protocol_fine_tunes_e_epochs(method, data, counted):
+    from energysplit.zoo import create_model
+
+    torch.manual_seed(0)
+    base = create_model("vgg_small", width=0.25)
+    budget = 0.5 * create_target("mobile").predict(base, data.input_shape).total
+    ledger = Ledger(data.input_shape)
+    METHODS.get(method)(base, _context(data, budget, {"name": "vgg_small", "kwargs": {"width": 0.25}}, on_train=ledger))
+    assert sum(counted) == pytest.approx(E), counted
+    assert ledger.epochs == pytest.approx(E)
+
+
+def test_unused_step_slices_go_to_the_final_phase(data, counted):
+    """A growth that stops early (here: a single step allowed) still trains E epochs in all."""
+    arch = {"name": "vgg_small", "kwargs": {"in_channels": 1, "num_classes": 10, "width": 0.5}}
+    from energysplit.pipeline.seed_growth import build, plan_seed
+
+    budget = 0.25 * create_target("mobile").predict(build(arch, 0.5), data.input_shape).total
+    ctx = _context(data, budget, arch)
+    plan = plan_seed(arch, ctx.estimator, budget, data.input_shape, RECIPE)
+    assert plan.steps >= 2
+    grow_from_seed(ctx, RECIPE, replace(plan, max_widths={g: 0 for g in plan.max_widths}))
+    assert ctx.records["growth_steps"] == []  # every group is capped: nothing to split
+    assert sum(counted) == pytest.approx(E) and ctx.records["epochs"]["final"] == pytest.approx(E * 0.6)
+
+
+def test_the_ablations_spend_the_same_cost_per_step_as_splitting(data):
+    """Same seed, same step limits (seed cost x growth^k): every step of splitting-blind and splitting-random
+    lands within one channel block of splitting's."""
+    from energysplit.cost.estimator import marginal_costs_of
+    from energysplit.graph.trace import build_inventory
+    from energysplit.pipeline.seed_growth import build
+
+    arch = {"name": "vgg_small", "kwargs": {"in_channels": 1, "num_classes": 10, "width": 0.5}}
+    estimator = create_target("mobile")
+    budget = 0.25 * estimator.predict(build(arch, 0.5), data.input_shape).total
+    recipe = replace(RECIPE, step_growth=1.5)
+    steps, models = {}, {}
+    for selector in ("lp", "cost-blind", "random"):
+        ctx = _context(data, budget, arch)
+        ctx.train = replace(ctx.train, epochs=0.5)
+        models[selector] = grow_from_seed(ctx, replace(recipe, selector=selector))
+        steps[selector] = [(s["cost_before"], s["cost_after"]) for s in ctx.records["growth_steps"]]
+    model = models["lp"]
+    inventory = build_inventory(model, data.input_shape)
+    marginal = marginal_costs_of(estimator, model, inventory, data.input_shape, 8)
+    block = 8 * max(m.add for m in marginal.values() if m.add == m.add)  # the dearest block of 8 channels
+    assert len(steps["lp"]) >= 3
+    for selector in ("cost-blind", "random"):
+        assert len(steps[selector]) == len(steps["lp"]), steps
+        assert steps[selector][0][0] == steps["lp"][0][0]  # the same seed
+        for (_, a), (_, b) in zip(steps[selector], steps["lp"]):
+            assert abs(a - b) <= block, (selector, steps, block)
+
+
+def test_the_grow_profiles_change_only_what_the_protocol_needs():
+    for name, base in PROFILES.items():
+        assert profile(name) == base  # compress: unchanged
+        grown = profile(name, "grow")
+        assert grown.protocol == "grow" and grown.methods == GROW_METHODS and grown.latency_models == ()
+    from energysplit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="protocol"):
+        profile("tiny", "magic")
