@@ -146,3 +146,38 @@ def test_overselection_uses_a_step_that_marginal_costs_over_predict(digits, seed
         assert step.cost_after <= 1.3 * start * (1 + 1e-9)
         used[overselect] = (step.cost_after - start) / (0.3 * start)
     assert used[1.0] < 0.5 and used[4.0] > 0.8, used
+
+
+def test_random_selection_ignores_lambda_but_keeps_the_budget_caps_and_blocks():
+    from energysplit.splitting.selection import random_selection
+    from energysplit.splitting.solver import GroupScores
+
+    gen = torch.Generator().manual_seed(0)
+    scores = {f"g{i}": GroupScores(torch.randn(12, generator=gen), torch.randn(12, 3, generator=gen)) for i in range(4)}
+    costs = {g: 1.0 + i for i, g in enumerate(scores)}
+    widths = {g: 8 for g in scores}
+    picks = []
+    for seed in (0, 0, 1):
+        sel = random_selection(scores, costs, 30.0, seed=seed, caps={"g0": 4}, multiple=4, widths=widths)
+        neurons = sel.neurons()
+        assert sel.cost_used <= 30.0 and sum(n.group == "g0" for n in neurons) <= 4
+        assert all((widths[g] + sum(n.group == g for n in neurons)) % 4 == 0 for g in scores)
+        picks.append(sorted((n.group, n.channel) for n in neurons))
+    assert picks[0] == picks[1] != picks[2]  # reproducible from its seed, different across seeds
+    many = [random_selection(scores, costs, 30.0, seed=s) for s in range(20)]
+    assert any(n.eigval >= 0 for sel in many for n in sel.neurons())  # lambda plays no part
+
+
+def test_geometric_limits_and_width_caps(digits, seed_model):
+    """Step k's limit is seed cost x growth^k; no group grows past its cap."""
+    energy = create_target("mobile")
+    start = energy.predict(seed_model, digits.input_shape).total
+    widths = build_inventory(seed_model, digits.input_shape).widths()
+    caps = {g: w + 4 for g, w in widths.items()}
+    result = grow(copy.deepcopy(seed_model), digits, energy, 3 * start, _config(geometric=True, step_growth=1.2),
+                  log=lambda s: None, max_widths=caps)
+    assert result.steps
+    for k, step in enumerate(result.steps, 1):
+        assert step.cost_after <= start * 1.2 ** k * (1 + 1e-9)
+    grown = build_inventory(result.model, digits.input_shape).widths()
+    assert all(grown[g] <= caps[g] for g in grown) and grown != widths
