@@ -1,6 +1,6 @@
-"""The outputs of ``energysplit compress`` and ``energysplit grow`` (``report["job"]``, default compress):
-archive, checked ONNX, report.json/.md, steps.csv, growth.png, config.json. Everything is written into a staging directory first and then moved into place, with
-report.json last, so a directory either has a complete report or none."""
+"""The outputs of ``energysplit compress`` and ``energysplit grow`` (``report["job"]``): archive, checked
+ONNX, report.json/.md, steps.csv, growth.png, config.json. Everything is written into a staging directory
+first and then moved into place, with report.json last, so a directory either has a complete report or none."""
 from __future__ import annotations
 
 import csv
