@@ -166,17 +166,15 @@ class ChannelGraph:
 
     def follow(self, node, name: str, x, op: ChainOp, kind: str) -> None:
         """A per-channel layer (BatchNorm, depthwise conv). On a concat of several groups each segment
-        follows its own group at its offset (a partial follower); the chain stops at the concat."""
-        if any(s.repeat != 1 for s in x):
-            raise self.fail(kind, "per-channel layer on a flattened tensor")
-        if len(x) == 1:
+        follows its own group at its offset (a partial follower); the chain stops there."""
+        if len(x) == 1 and x[0].repeat == 1:
             self.followers[x[0].key].append(name)
             self.state[node] = self.extend(x, op)
             return
         offset = 0
-        for s in x:
-            self.partial[s.key].append(Consumer(name, offset))
-            offset += s.width
+        for s in x:  # repeat > 1: a shuffle's interleaved parts or a flatten's columns, one entry each
+            self.partial[s.key].append(Consumer(name, offset, s.repeat))
+            offset += s.width * s.repeat
         self.state[node] = self.extend(x, None)
 
     @staticmethod

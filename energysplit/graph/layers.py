@@ -94,6 +94,8 @@ def layer_specs(traced: Traced) -> list[LayerSpec]:
             fields.update(name=node.target, type=type(traced.modules[node.target]).__name__)
         else:
             op, act = ops.cost_kind(node)
+            if op == "other" and node in traced.channels.grid:  # a channel shuffle's transpose: data movement
+                op = "pass"
             fname = ops.function_name(node)
             fields = dict(name=f"{fname}#{counts[fname]}", type=fname, op=op, act=act)
             counts[fname] += 1

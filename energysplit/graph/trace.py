@@ -24,8 +24,9 @@ from torch import fx, nn
 
 from . import ops
 from ..errors import EnergySplitError, UnsupportedModelError, first_line
-from .channels import ChannelGraph, Segment, node_args, shape_of
+from .channels import Segment, node_args, shape_of
 from .inventory import ChainOp, Inventory
+from .permute import CHUNK_FUNCTIONS, CHUNK_METHODS, TRANSPOSE_FUNCTIONS, TRANSPOSE_METHODS, Permutations
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Traced:
     inventory: Inventory
     rejected: dict[fx.Node, str]
     state: dict[fx.Node, tuple[Segment, ...]]
-    channels: ChannelGraph
+    channels: Permutations
 
     def owners(self, node) -> frozenset[str]:
         """Producers of the groups whose channels the output of ``node`` carries (empty: none)."""
@@ -91,7 +92,7 @@ def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, input_shape: tuple[i
 
 
 
-class _Walker(ChannelGraph):
+class _Walker(Permutations):
     """Walks the fx graph in order, keeping each node's channel segments."""
 
     def __init__(self, model: nn.Module, strict: bool = True):
@@ -192,8 +193,18 @@ class _Walker(ChannelGraph):
         t, method = node.target, node.op == "call_method"
         name = ops.op_name(node)
         x = self.arg_state(node)
+        if t is operator.getitem and node.args[0] in self.pieces:
+            self.state[node] = self.pieces[node.args[0]][node.args[1]]
+            return
         if not any(a in self.state for a in node_args((node.args, node.kwargs))):
             return  # shape arithmetic, constants: no channel state
+        if x is not None and (t in CHUNK_METHODS if method else t in CHUNK_FUNCTIONS):
+            return self.chunk(node, x, name)
+        if x is not None and (t in TRANSPOSE_METHODS if method else t in TRANSPOSE_FUNCTIONS):
+            return self.transpose(node, x, name)
+        if node.args and node.args[0] in self.grid and not (method and t in ops.TRANSPARENT_METHODS) \
+                and t not in (ops.RESHAPE_METHODS if method else ops.RESHAPE_FUNCTIONS):
+            raise self.fail(name, "uses a channel grid (a tensor viewed as [N, G, C/G, ...]) other than in a shuffle")
         if shape_of(node) is None:
             if (method and t in ops.NON_TENSOR_METHODS) or t is getattr:
                 return
@@ -203,6 +214,7 @@ class _Walker(ChannelGraph):
         elif x is not None and (t in ops.TRANSPARENT_METHODS if method else
                                 (t in ops.TRANSPARENT_FUNCTIONS or name in ops.TRANSPARENT_NAMES)):
             self.state[node] = self.spatial(node, x)
+            self.carry(node)
         elif t in (ops.ADD_METHODS if method else ops.ADD_OPS):
             self.binary(node, name, mul=False)
         elif t in (ops.MUL_METHODS if method else ops.MUL_OPS):
