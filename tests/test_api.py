@@ -9,7 +9,7 @@ from pathlib import Path
 import energysplit
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-VERBS = ("compress", "grow", "train", "estimate", "prune_")
+VERBS = ("compress", "design", "grow", "train", "estimate", "prune_")
 
 
 def test_every_public_name_resolves_and_verbs_are_functions():

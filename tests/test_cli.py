@@ -111,3 +111,16 @@ def test_compress_help_is_fast_to_build():
     code = ("import sys; from energysplit.cli import build_parser; build_parser('compress').format_help(); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_bench_protocol_flag(capsys):
+    from energysplit.cli import main
+    from energysplit.cli.bench import bench_config
+    from energysplit.cli import build_parser
+
+    args = build_parser("bench").parse_args(["bench", "--profile", "tiny", "--protocol", "grow"])
+    config = bench_config(args)
+    assert config.protocol == "grow" and "splitting-blind" in config.methods
+    assert main(["bench", "--profile", "tiny", "--protocol", "nope", "--out", "unused"]) == 2
+    assert capsys.readouterr().err.strip() == ("energysplit bench: error: unknown protocol 'nope'; use one of "
+                                                "compress, grow, scratch")

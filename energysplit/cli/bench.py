@@ -15,7 +15,12 @@ def add_bench(p):
                      "and fine-tuning epochs over several seeds; write results.csv, summary.csv/.md and "
                      "pareto.png. Re-running the same command resumes.")
     p.add_argument("--profile", default=DEFAULT_PROFILE, help="tiny, quick, medium or full (default: %(default)s)")
-    p.add_argument("--out", help="output directory (default: benchmarks/results/compare-<profile>)")
+    p.add_argument("--protocol", default="compress",
+                   help="compress (one trained base model, equal fine-tuning), grow (every method trains E epochs "
+                        "in all from nothing) or scratch (every grow method's widths retrained from scratch) "
+                        "(default: %(default)s)")
+    p.add_argument("--out", help="output directory (default: benchmarks/results/compare-<profile>; other protocols: "
+                                 "<protocol>-<profile>)")
     # the flags below override the profile's setting when given
     p.add_argument("--models", help="comma-separated zoo names (overrides the profile)")
     p.add_argument("--methods", help="comma-separated methods (overrides the profile)")
@@ -50,12 +55,9 @@ def split_list(text: str, parse, flag: str, example: str) -> tuple:
 
 def bench_config(args):
     """The profile's :class:`~energysplit.pipeline.bench.BenchConfig` with the flags that were given."""
-    from ..errors import ConfigError
-    from ..pipeline.bench import PROFILES
+    from ..pipeline.bench import profile
 
-    if args.profile not in PROFILES:
-        raise ConfigError(f"unknown profile {args.profile!r}; use one of {', '.join(PROFILES)}")
-    config = PROFILES[args.profile]
+    config = profile(args.profile, args.protocol)
     changes = {k: getattr(args, k) for k in ("channel_multiple", "act", "device") if getattr(args, k) is not None}
     changes.update({k: tuple(getattr(args, k).split(",")) for k in ("models", "methods") if getattr(args, k)})
     if args.seeds:
@@ -71,7 +73,8 @@ def run_bench(args) -> int:
     from ..training.distributed import is_main
 
     config = bench_config(args)
-    out = args.out or f"benchmarks/results/compare-{args.profile}"
+    prefix = "compare" if args.protocol == "compress" else args.protocol
+    out = args.out or f"benchmarks/results/{prefix}-{args.profile}"
     with process_group():  # under torchrun: data-parallel, rank 0 writes
         run_benchmark(config, out, command=command_line(args.argv), worker=args.worker)
         main = is_main()

@@ -56,9 +56,10 @@ class BenchConfig:
     arch_source: str | None = None  # scratch: a grow sweep whose archs/ hold the widths to retrain
 
     def __post_init__(self):
-        if self.protocol not in PROTOCOLS or not 0 < self.taylor_base_share < 1:
-            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)} (got {self.protocol!r}) and "
-                              f"taylor_base_share in (0, 1) (got {self.taylor_base_share})")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        if not 0 < self.taylor_base_share < 1:
+            raise ConfigError(f"taylor_base_share must be in (0, 1), got {self.taylor_base_share}")
 
 
 PROFILES = {
