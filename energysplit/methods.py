@@ -137,13 +137,25 @@ def width_fraction(resize: Callable[[float], nn.Module], estimator, budget: floa
     return lo, best
 
 
+def _uniform_drop(group, score, f: float, multiple: int) -> list[int]:
+    """The lowest-scored channels a group drops to keep the fraction ``f`` of its width (aligned to the
+    channel multiple; in a group a grouped conv cuts into blocks, the same number from every block)."""
+    from .graph.alignment import aligned_width, block_units
+
+    order = score.argsort().tolist()
+    if group.blocks > 1:
+        per_block = group.width // group.blocks
+        keep = min(per_block, max(2, round(f * per_block)))
+        return [c for unit in block_units(order, group.width, group.blocks)[: per_block - keep] for c in unit]
+    return order[: group.width - aligned_width(max(1, round(f * group.width)), group.width, multiple)]
+
+
 @METHODS.register("uniform")
 def uniform(model: nn.Module, ctx: MethodContext) -> nn.Module:
     """Uniform width scaling from the trained weights: every prunable group keeps the same fraction
     of its channels (its largest-L1 filters; rounded to the channel multiple), then fine-tune."""
     import copy
 
-    from .graph.alignment import aligned_width
     from .graph.trace import build_inventory
     from .pruning.importance import l1_importance
     from .graph.plan import Plan, Remove
@@ -156,9 +168,8 @@ def uniform(model: nn.Module, ctx: MethodContext) -> nn.Module:
         trial = copy.deepcopy(model)
         ops = []
         for g in inventory.prunable():
-            keep = aligned_width(max(1, round(f * g.width)), g.width, ctx.channel_multiple)
-            if keep < g.width:
-                drop = scores[g.id].argsort()[: g.width - keep].tolist()
+            drop = _uniform_drop(g, scores[g.id], f, ctx.channel_multiple)
+            if drop:
                 ops.append(Remove(g.id, tuple(sorted(drop))))
         apply_plan_(trial, inventory, Plan(ops))
         return trial

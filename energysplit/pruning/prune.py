@@ -50,6 +50,20 @@ def min_widths(inventory: Inventory, config: PruneConfig) -> dict[str, int]:
             for g in inventory}
 
 
+def removal_units(score: torch.Tensor, group, floor: int, multiple: int) -> list[list[int]]:
+    """The channels of ``group`` that may go, least important first, in the units that are removed together:
+    aligned blocks of ``multiple``, or, where a grouped conv cuts the group into blocks (``group.blocks``),
+    one channel of every block (each keeps at least 2 channels, or the conv would turn depthwise)."""
+    from ..graph.alignment import block_units, blocks
+
+    order = score.argsort(stable=True).tolist()
+    if group.blocks > 1:
+        per_block = group.width // group.blocks
+        keep = max(2, math.ceil(floor / group.blocks))
+        return block_units(order, group.width, group.blocks)[: max(0, per_block - keep)]
+    return blocks(order[: group.width - floor], group.width, multiple, grow=False)
+
+
 def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: float, input_shape,
                      importance: dict[str, torch.Tensor], config: PruneConfig = PruneConfig(),
                      floor: dict[str, int] | None = None) -> tuple[Inventory, PruneResult]:
@@ -61,7 +75,6 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
     Raises BudgetError when the minimum widths cannot reach the budget (with ``config.best_effort``,
     stops there instead: the result's ``final_cost`` is then above ``budget``).
     """
-    from ..graph.alignment import blocks
     from ..cost.estimator import marginal_costs_of
 
     floor = floor or min_widths(inventory, config)
@@ -80,8 +93,7 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
             s = saving[gid].remove
             if group.width <= floor[gid] or not (s > 0):
                 continue
-            order = score.argsort(stable=True).tolist()[: group.width - floor[gid]]
-            for j, block in enumerate(blocks(order, group.width, config.channel_multiple, grow=False)):
+            for j, block in enumerate(removal_units(score, group, floor[gid], config.channel_multiple)):
                 key = float(score[block].mean()) / (s if config.cost_aware else 1.0)
                 candidates.append((key, gid, j, block, s * len(block)))
         if not candidates:

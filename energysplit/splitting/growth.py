@@ -252,7 +252,10 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     batches = scoring_batches(data, config.score_samples, 64, config.seed * 1000 + step)
     seed_everything(config.seed * 1000 + step)
     solver_config = FastConfig(progress=config.finetune.progress) if config.solver == "fast" else None
-    scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config)
+    # groups a grouped conv cuts into blocks are not split yet (the selection does not keep the blocks alike)
+    groups = [g.id for g in inventory.splittable() if g.blocks == 1]
+    scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config,
+                              groups=groups)
     t1 = time.perf_counter()
     marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
     costs = {gid: marginal[gid].add for gid in scores}
