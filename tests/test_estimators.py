@@ -415,3 +415,17 @@ def test_entries_measured_back_to_back_share_one_reference_timing(monkeypatch, t
     clock["now"] += lut.scale_ttl_s  # later, the load may have changed: time the reference again
     lut.lookup({"op": "act", "in": [16, 4, 4], "n": 1, "act": "relu"})
     assert timed.count("reference") == 2
+
+
+@pytest.mark.parametrize("target", ["mobile", "flops"])
+def test_stochastic_depth_is_costed_as_the_identity(target):
+    """EfficientNet's stochastic depth is the identity at inference: costed as free, not listed unsupported."""
+    import torchvision
+
+    from energysplit import estimate
+
+    model = torchvision.models.efficientnet_b0(weights=None).eval()
+    report = estimate(model, (3, 32, 32), target)
+    assert report.unsupported == []
+    rows = [r for r in report.layers if "stochastic_depth" in str(r.get("layer", ""))]
+    assert rows and all(r["cost"] == 0 for r in rows)

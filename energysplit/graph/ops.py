@@ -128,8 +128,8 @@ def cost_kind(node) -> tuple[str, str | None]:
         return "add", None
     if t in (POOL_METHODS if method else POOL_FUNCTIONS):
         return "pool", None
-    if t in (PASS_METHODS if method else PASS_FUNCTIONS):
-        return "pass", None
+    if t in (PASS_METHODS if method else PASS_FUNCTIONS) or (not method and op_name(node) in TRANSPARENT_NAMES):
+        return "pass", None  # stochastic depth too: the identity at inference
     if not method and t in CAT_FUNCTIONS:
         return "concat", None
     return "other", None
