@@ -57,3 +57,14 @@ def process_group():
         yield
     finally:
         destroy_distributed()
+
+
+
+def interrupted(name: str, out: str) -> int:
+    """After Ctrl-C in a job writing to ``out``: say how to continue; the exit status (130, as a shell says)."""
+    import sys
+    from pathlib import Path
+
+    hint = "; continue with the same command and --resume" if (Path(out) / ".work").is_dir() else ""
+    print(f"energysplit {name}: interrupted{hint}", file=sys.stderr)
+    return 130

@@ -1,11 +1,9 @@
 """``energysplit compress``: flags -> :class:`~energysplit.pipeline.compress.CompressConfig` -> compress."""
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
-from pathlib import Path
 
-from .common import DEVICE_HELP, command_line, option, process_group
+from .common import DEVICE_HELP, command_line, interrupted, option, process_group
 
 EPILOG = ("Writes into --out: model.es (reload with energysplit.load_model), model.onnx (checked in ONNX Runtime), "
           "report.json and report.md (before/after accuracy, MACs, params, latency, energy, widths per layer, time), "
@@ -80,9 +78,7 @@ def run_compress(args) -> int:
         try:
             report = compress(config, command=command_line(args.argv))
         except KeyboardInterrupt:
-            hint = "; continue with the same command and --resume" if (Path(config.out) / ".work").is_dir() else ""
-            print(f"energysplit compress: interrupted{hint}", file=sys.stderr)
-            return 130
+            return interrupted("compress", config.out)
         main = is_main()
     if not main:  # rank 0 prints the summary
         return 0

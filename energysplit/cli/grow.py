@@ -1,10 +1,7 @@
 """``energysplit grow``: flags -> :class:`~energysplit.pipeline.design.DesignConfig` -> the grow job."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from .common import DEVICE_HELP, command_line, option
+from .common import DEVICE_HELP, command_line, interrupted, option
 
 EPILOG = ("Writes into --out what compress writes: model.es, model.onnx (checked in ONNX Runtime), report.json and "
           "report.md (the seed and the grown network: accuracy, MACs, params, latency, energy, widths per layer), "
@@ -54,9 +51,7 @@ def run_grow(args) -> int:
     try:
         report = design(config, command=command_line(args.argv))
     except KeyboardInterrupt:
-        hint = "; continue with the same command and --resume" if (Path(config.out) / ".work").is_dir() else ""
-        print(f"energysplit grow: interrupted{hint}", file=sys.stderr)
-        return 130
+        return interrupted("grow", config.out)
     budget, seed = report["budget"], report["seed"]
     print("\n" + summary(report) + "\n(before: the trained seed; after: the grown network)")
     print(f"\ngrown from a x{seed['width']:.3g} seed in {len(report['growth_steps'])} steps to "
