@@ -4,10 +4,14 @@
             budget -> split with eps -> fine-tune
     until the next step would pass the budget; then a final fine-tune.
 
+The last step fills the budget (``fill``) as the pruners do: a step whose limit is the budget (under
+``min_step_fraction`` of a step: without a fine-tune of its own) takes after the selector's neurons the
+others, any lambda, in lambda / T order, cut by :func:`fit_plan`: the cost lands within one block of it.
+
 Epochs: with ``planned_steps`` the run trains exactly ``planned_steps x finetune.epochs + final_finetune.epochs``:
-the slices of steps that were not taken go to the final fine-tune, and steps past the plan take theirs
-from it. ``max_widths`` caps every group's width (a design space: the architecture at its largest width);
-``on_train(desc, model, result)`` sees every training run (the benchmarks count MAC-epochs with it).
+what the steps did not spend (steps not taken, a fill without a fine-tune) goes to the final fine-tune, and
+steps past the plan take theirs from it (never more than is left). ``max_widths`` caps every group's
+width; ``on_train(desc, model, result)`` sees every training run (the benchmarks count MAC-epochs with it).
 
 Every completed step is checkpointed atomically (model archive + step log), so an interrupted run
 resumes from its last completed step with ``resume=True`` and reaches the same result.
@@ -15,7 +19,10 @@ resumes from its last completed step with ``resume=True`` and reaches the same r
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections import Counter
+from itertools import accumulate
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -45,30 +52,26 @@ class GrowConfig:
     min_step_fraction: float = 0.1  # stop when the budget left is under this fraction of a full step
     max_steps: int = 10
     finetune: TrainConfig = TrainConfig(epochs=0.5)  # after each split step
-    # with a finetune.span other than (0, 1), step k of planned_steps fine-tunes over the k-th equal part
-    # of that span (so the growth steps continue one learning-rate schedule); default: max_steps
+    # with a finetune.span other than (0, 1), step k of planned_steps (default max_steps) fine-tunes over the
+    # k-th equal part of that span (the growth steps continue one learning-rate schedule)
     planned_steps: int | None = None
     final_finetune: TrainConfig = TrainConfig(epochs=1.0)
     curvature: CurvatureConfig = CurvatureConfig()
     seed: int = 0
     channel_multiple: int = 1  # split in blocks keeping widths multiples of this (:mod:`energysplit.graph.alignment`)
-    # the selection plans for overselect x the step's headroom in marginal (first-order) costs; the applied
-    # plan is then costed exactly and cut to the step's limit (fit_plan). Marginal costs over-predict
-    # targets whose costs do not add up (a latency table: a step planned to the limit came out at half of it)
+    # the selection plans for overselect x the step's headroom in marginal costs, then fit_plan cuts it by
+    # its applied cost (a latency table's marginal costs over-predict: a step came out at half its limit)
     overselect: float = 2.0
-    # step k may raise the cost to seed cost x step_growth^k (one schedule for every selector, so that
-    # ablations spend the same cost per step) instead of the current cost x step_growth
+    # step k's limit: seed cost x step_growth^k (ablations spend alike per step), not cost x step_growth
     geometric: bool = False
+    fill: bool = True  # the last step fills the budget to within one channel block (module docstring)
 
     def __post_init__(self):
-        if self.step_growth <= 1.0:
-            raise ConfigError(f"step_growth must be > 1, got {self.step_growth}")
-        if self.eps <= 0:
-            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.step_growth <= 1.0 or self.eps <= 0 or self.overselect < 1:
+            raise ConfigError(f"step_growth must be > 1, eps > 0 and overselect >= 1, got {self.step_growth}, "
+                              f"{self.eps} and {self.overselect}")
         if self.score_samples < 1 or self.max_steps < 1 or self.channel_multiple < 1:
             raise ConfigError("score_samples, max_steps and channel_multiple must be >= 1")
-        if self.overselect < 1:
-            raise ConfigError(f"overselect must be >= 1, got {self.overselect}")
 
 
 @dataclass
@@ -97,6 +100,7 @@ class GrowResult:
     steps: list[StepRecord] = field(default_factory=list)
     final_cost: float = 0.0
     stop_reason: str = ""
+    final_epochs: float = 0.0  # the final fine-tune's epochs
 
 
 def scoring_batches(data: DataSplits, samples: int, batch_size: int, seed: int) -> list:
@@ -112,13 +116,9 @@ def scoring_batches(data: DataSplits, samples: int, batch_size: int, seed: int) 
 def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input_shape, limit: float,
              block_sizes: list[int] | None = None):
     """The longest prefix of ``ops`` (best first) whose applied cost stays within ``limit``, cut only
-    between blocks when ``block_sizes`` (consecutive ops that go together) is given.
-
-    Marginal costs are first-order: splitting a layer and its consumer in one step adds a cross term,
-    so the applied plan is costed exactly (``estimator.predict`` on a copy) and trimmed by bisection.
-    """
-    from itertools import accumulate
-
+    between blocks when ``block_sizes`` (consecutive ops that go together) is given. Marginal costs are
+    first-order (splitting a layer and its consumer adds a cross term): the applied plan is costed exactly
+    (``estimator.predict`` on a copy) and trimmed by bisection."""
     from ..graph.surgery import apply_plan_
 
     cuts = [0] + list(accumulate(block_sizes or [1] * len(ops)))
@@ -135,17 +135,13 @@ def fit_plan(model: nn.Module, inventory: Inventory, ops: list, estimator, input
         return ops
     while lo < hi - 1:
         mid = (lo + hi) // 2
-        if cost_of(mid) <= limit:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if cost_of(mid) <= limit else (lo, mid)
     return ops[:cuts[lo]]
 
 
 class Checkpoint:
     """``DIR/model.es``: the model archive with the step log and phase in its metadata, written atomically
-    as one file (so weights and log can never disagree). ``DIR/state.json`` is a readable copy of the
-    log, written after it; the archive is the source of truth on resume."""
+    as one file (weights and log never disagree); ``DIR/state.json``, a readable copy written after it."""
 
     def __init__(self, directory: str | Path, arch: dict, input_shape):
         self.dir, self.arch, self.input_shape = Path(directory), arch, tuple(input_shape)
@@ -174,8 +170,7 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
          inventory: Inventory | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
          log: Callable[[str], None] = print, max_widths: dict[str, int] | None = None,
          on_train: Callable | None = None) -> GrowResult:
-    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget`` (see the module
-    docstring for ``max_widths``, ``on_train`` and the epochs)."""
+    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget`` (module docstring)."""
     from ..graph.trace import build_inventory
     from ..training.distributed import main_only, rank_zero_estimator
 
@@ -195,15 +190,21 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     stop = "done" if phase == "final" else ""
     seed_cost = steps[0].cost_before if steps else cost
     while phase == "grow" and len(steps) < config.max_steps:
+        if steps and steps[-1].note == FILL:
+            stop = "budget filled (the last step filled it to within one channel block)"
+            break
         step_limit = min(budget, (seed_cost * config.step_growth ** (len(steps) + 1)) if config.geometric
                          else cost * config.step_growth)
-        if step_limit - cost <= config.min_step_fraction * cost * (config.step_growth - 1):
+        small = step_limit - cost <= config.min_step_fraction * cost * (config.step_growth - 1)
+        fill = config.fill and step_limit >= budget > cost
+        if small and not fill:
             stop = "budget reached (what is left is under min_step_fraction of a step)"
             break
-        inventory, record = _split_step(model, data, estimator, inventory, config, len(steps) + 1, cost, step_limit,
-                                        max_widths, on_train)
+        epochs = 0.0 if small else step_epochs(config, len(steps) + 1, sum(s.epochs for s in steps))
+        inventory, record = _split_step(model, data, estimator, inventory, replace(config, finetune=replace(
+            config.finetune, epochs=epochs)), len(steps) + 1, cost, step_limit, max_widths, on_train, fill)
         if record is None:
-            stop = "no neuron with a negative splitting index fits the remaining budget"
+            stop = f"no neuron{'' if fill else ' with a negative splitting index'} fits the remaining budget"
             break
         steps.append(record)
         log(f"step {record.step}: split {record.neurons_split} neurons in {len(record.split_per_group)} groups, "
@@ -214,8 +215,8 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
             checkpoint.save(model, steps, "grow")
     else:
         stop = stop or ("done" if phase == "final" else "max steps reached")
+    epochs = final_epochs(config, len(steps), sum(s.epochs for s in steps))
     if phase == "grow":
-        epochs = final_epochs(config, len(steps))
         if epochs > 0:
             ft = replace(config.final_finetune, epochs=epochs, seed=config.seed * 1000 + 999)
             res = train(model, data.train, ft, val=data.val, desc="final fine-tune")
@@ -225,22 +226,33 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
         if checkpoint is not None:
             checkpoint.save(model, steps, "final")
         inventory = build_inventory(model, input_shape)
-    return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop)
+    return GrowResult(model, inventory, steps, estimator.predict(model, input_shape).total, stop, epochs)
 
 
-def final_epochs(config: GrowConfig, steps_taken: int) -> float:
-    """The final fine-tune's epochs: with a plan, the unused step slices are added to it and steps past the
-    plan are taken out of it (so the run's total stays the planned one); never below 0."""
+FILL = "fill"  # StepRecord.note of the step that filled the budget
+
+
+def final_epochs(config: GrowConfig, steps_taken: int, spent: float | None = None) -> float:
+    """The final fine-tune's epochs: with a plan, what the steps did not spend of their slices is added to
+    it and steps past the plan are taken out of it (so the run's total stays the planned one); never below
+    0. ``spent``: the steps' fine-tuning epochs (default: ``steps_taken`` full slices)."""
     if config.planned_steps is None:
         return config.final_finetune.epochs
-    spare = (config.planned_steps - steps_taken) * config.finetune.epochs
-    return max(0.0, config.final_finetune.epochs + spare)
+    spent = steps_taken * config.finetune.epochs if spent is None else spent
+    return max(0.0, config.planned_steps * config.finetune.epochs + config.final_finetune.epochs - spent)
+
+
+def step_epochs(config: GrowConfig, step: int, spent: float) -> float:
+    """Step ``step``'s epochs after ``spent``: its slice (past the plan: at most what is left of it)."""
+    past = config.planned_steps is not None and step > config.planned_steps
+    return min(config.finetune.epochs, final_epochs(config, step - 1, spent)) if past else config.finetune.epochs
 
 
 def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config: GrowConfig, step: int,
                 cost: float, step_limit: float, max_widths: dict | None = None,
-                on_train: Callable | None = None) -> tuple[Inventory, StepRecord | None]:
-    """One growth step in place: score, select under ``step_limit``, split, fine-tune (None: nothing fits)."""
+                on_train: Callable | None = None, fill: bool = False) -> tuple[Inventory, StepRecord | None]:
+    """One growth step in place: score, select under ``step_limit`` (``fill``: and fill it), split,
+    fine-tune (None: nothing fits)."""
     from ..cost.estimator import marginal_costs_of
     from ..graph.surgery import apply_plan_
     from ..training.distributed import check_in_sync
@@ -261,7 +273,7 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     costs = {gid: marginal[gid].add for gid in scores}
     widths = inventory.widths()
     caps = None if max_widths is None else {g: max(0, max_widths[g] - widths[g]) for g in scores if g in max_widths}
-    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, widths, caps, step)
+    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, widths, caps, step, fill)
     ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
     t2 = time.perf_counter()
     if not ops:
@@ -270,35 +282,34 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     inventory = apply_plan_(model, inventory, Plan(ops))
     new_cost = estimator.predict(model, input_shape).total
     ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
-    result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")
+    result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")  # 0 epochs: evaluates
     if on_train is not None:
         on_train(f"step {step} fine-tune", model, result)
     check_in_sync(model, f"growth step {step}")
-    per_group: dict[str, int] = {}
-    for op in ops:
-        per_group[op.group] = per_group.get(op.group, 0) + 1
+    per_group = dict(Counter(op.group for op in ops))
     return inventory, StepRecord(step, cost, new_cost, estimator.unit, step_limit - cost, len(ops), per_group,
                                  0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
-                                 t1 - t0, t2 - t1, result.seconds, epochs=ft.epochs)
+                                 t1 - t0, t2 - t1, result.seconds, FILL if fill else "", ft.epochs)
 
 
 def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
     """Step ``step``'s part of ``config.finetune.span`` (steps past the plan stay at its end)."""
     start, end = config.finetune.span
+    n = config.planned_steps or config.max_steps
     if (start, end) == (0.0, 1.0):
         return start, end
-    n = config.planned_steps or config.max_steps
     if step > n:
         return end, end
     return start + (end - start) * (step - 1) / n, start + (end - start) * step / n
 
 
 def plan_step(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
-              widths: dict[str, int], caps: dict[str, int] | None = None, step: int = 1) -> tuple[list, list[int]]:
+              widths: dict[str, int], caps: dict[str, int] | None = None, step: int = 1,
+              fill: bool = False) -> tuple[list, list[int]]:
     """One growth step's split ops under ``step_budget`` (:func:`~.selection.select_splits` with the
-    growth config; ``random``: :func:`~.selection.random_selection`), best (most negative lambda per unit
-    cost) block first, and the block sizes (all 1 without a channel multiple)."""
-    from .selection import random_selection, select_splits
+    growth config; ``random``: :func:`~.selection.random_selection`, any lambda), best block first, then
+    with ``fill`` :func:`fill_blocks`; and the block sizes (all 1 without a channel multiple)."""
+    from .selection import Selection, random_selection, select_splits
 
     if config.selector == "random":  # random order kept: a trimmed plan drops random blocks
         selection = random_selection(scores, costs, step_budget, seed=config.seed * 1000 + step, caps=caps,
@@ -307,4 +318,33 @@ def plan_step(scores, costs: dict[str, float], step_budget: float, config: GrowC
         selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, caps=caps,
                                   threshold=config.threshold, multiple=config.channel_multiple, widths=widths)
         selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
+    if fill and config.selector != "random":
+        more = fill_blocks(scores, costs, step_budget - selection.cost_used, config.channel_multiple, widths, caps,
+                           selection.neurons())
+        selection = Selection(selection.chosen + more, step_budget, config.eps, "fill")
     return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]
+
+
+def fill_blocks(scores, costs: dict[str, float], budget: float, multiple: int, widths: dict[str, int],
+                caps: dict[str, int] | None = None, chosen=()) -> list:
+    """The neurons of the scored groups not in ``chosen``, whatever their lambda, as blocks keeping the
+    widths multiples (after the chosen ones), in lambda / T order (a group's blocks stay in order), within
+    the caps, until their marginal costs pass ``budget`` (one block more: :func:`fit_plan` cuts the list)."""
+    from .selection import Candidate, aligned_blocks
+
+    taken = {(c.group, c.channel) for c in chosen}
+    counts = {g: sum(c.group == g for c in chosen) for g in scores}
+    pool = [Candidate(g, k, lam, float(costs[g])) for g, s in scores.items() if math.isfinite(costs[g])
+            for k, lam in enumerate(s.eigvals.tolist()) if (g, k) not in taken]
+    ranked = aligned_blocks(pool, {g: widths[g] + counts[g] for g in scores}, multiple)
+    key, worst = {}, {}
+    for j, b in enumerate(ranked):  # a group's blocks come in order: its keys never decrease
+        worst[b.group] = max(worst.get(b.group, -math.inf), b.ratio)
+        key[id(b)] = (worst[b.group], b.group, j)
+    ranked.sort(key=lambda b: key[id(b)])
+    out, used = [], 0.0
+    for b in ranked:
+        if used <= budget and counts[b.group] + b.size <= (caps or {}).get(b.group, math.inf):
+            out.append(b)
+            used, counts[b.group] = used + b.cost, counts[b.group] + b.size
+    return out
