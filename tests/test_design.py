@@ -62,6 +62,14 @@ def test_grow_writes_every_output(reference):
 
     model, _ = load_model(reference / "model.es")
     assert model.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    from energysplit.pipeline.inputs import load_data
+    from energysplit.training.bn_stats import batchnorms, recalibrate_on_
+
+    fresh, train = load_model(reference / "model.es")[0], load_data("digits", None, 300).train
+    assert recalibrate_on_(fresh, train, 50, 128, 3) == 2  # 300 images: 2 full batches
+    for mine, oracle in zip(batchnorms(model), batchnorms(fresh), strict=True):  # statistics of training images
+        torch.testing.assert_close(mine.running_mean, oracle.running_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(mine.running_var, oracle.running_var, rtol=0, atol=1e-6)
 
 
 def _same_result(a, b):

@@ -64,6 +64,21 @@ def test_every_method_of_the_growth_protocols_trains_e_epochs(protocol, data, co
         assert create_target("mobile").predict(model, data.input_shape).total <= job[5] * (1 + 1e-9)
         if protocol == "scratch":  # one recipe: one from-scratch run of E epochs on the method's widths
             assert counted == [E] and ledger.rows[0]["phase"] == "train from scratch"
+        assert_fresh_bn_stats(model, data.train, config.bn_batches, 64, job[7])
+
+
+def assert_fresh_bn_stats(model, train, batches, batch_size, seed):
+    """The model's BatchNorm statistics are those of its training images (re-estimated after its last
+    training run), not the training loop's moving average."""
+    import copy
+
+    from energysplit.training.bn_stats import batchnorms, recalibrate_on_
+
+    fresh = copy.deepcopy(model)
+    assert recalibrate_on_(fresh, train, batches, batch_size, seed) > 0
+    for mine, oracle in zip(batchnorms(model), batchnorms(fresh), strict=True):
+        torch.testing.assert_close(mine.running_mean, oracle.running_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(mine.running_var, oracle.running_var, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS.names())

@@ -54,12 +54,17 @@ class BenchConfig:
     growth: SeedGrowth = SeedGrowth()  # grow/scratch: the splitting methods' recipe (untuned defaults)
     taylor_base_share: float = 0.5  # grow/scratch: taylor trains the full width for this share of E (untuned)
     arch_source: str | None = None  # scratch: a grow sweep whose archs/ hold the widths to retrain
+    # grow/scratch: BatchNorm statistics re-estimated on this many training batches after every training run
+    # and before the test (:mod:`energysplit.training.bn_stats`; 0: off); compress keeps the trained ones
+    bn_batches: int = 50
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if not 0 < self.taylor_base_share < 1:
             raise ConfigError(f"taylor_base_share must be in (0, 1), got {self.taylor_base_share}")
+        if self.bn_batches < 0:
+            raise ConfigError(f"bn_batches must be >= 0, got {self.bn_batches}")
 
 
 PROFILES = {
@@ -251,6 +256,7 @@ def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: 
     """One method (or the base model, seed None) at one budget: test accuracy (the test split's one read),
     training epochs and MAC-epochs, costs, parameters."""
     from ..methods import METHODS, MethodContext
+    from ..training.bn_stats import recalibrate_on_
     from ..training.loop import TrainConfig, evaluate, seed_everything
 
     model_name, base, arch, target_name, fraction, budget, method, seed = job
@@ -266,8 +272,11 @@ def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: 
                             batch_size=config.batch_size, seed=seed), arch=arch, seed=seed,
                             channel_multiple=config.channel_multiple or target.channel_multiple,
                             log=lambda s: log(f"  [{tag}] {s}"), on_train=ledger)
-        model = (METHODS.get(method)(copy.deepcopy(base), ctx) if config.protocol == "compress"
-                 else run_method(job, config, ctx, out))
+        if config.protocol == "compress":
+            model = METHODS.get(method)(copy.deepcopy(base), ctx)
+        else:  # trained from scratch for E epochs: fresh BatchNorm statistics (training images only)
+            model = run_method(job, config, ctx, out)
+            recalibrate_on_(model, data.train, config.bn_batches, config.batch_size, seed)
         acc = evaluate(model, data.test).accuracy
     return dict(test_accuracy=acc, epochs=ledger.epochs if ledger.rows else "", mac_epochs=ledger.mac_epochs or "",
                 flops_MACs=estimators["flops"].predict(model, shape).total,

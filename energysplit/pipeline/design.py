@@ -47,6 +47,9 @@ class DesignConfig:
     eps: float = _RECIPE.eps
     selector: str = _RECIPE.selector
     channel_multiple: int | None = None  # None: the target's own
+    # BatchNorm statistics re-estimated on this many training batches after every training run and before the
+    # seed and the result are measured (:mod:`energysplit.training.bn_stats`; 0: off); no CLI flag yet
+    bn_batches: int = 50
     resume: bool = False
     force: bool = False
     report_targets: tuple = ("flops", "mobile", "cpu")
@@ -62,6 +65,8 @@ class DesignConfig:
             raise ConfigError("--width must be > 0 and --subset >= 1")
         if self.channel_multiple is not None and self.channel_multiple < 1:
             raise ConfigError("--channel-multiple must be >= 1")
+        if self.bn_batches < 0:
+            raise ConfigError(f"bn_batches must be >= 0, got {self.bn_batches}")
         self.recipe()  # its own checks
 
     def recipe(self) -> SeedGrowth:
@@ -160,9 +165,10 @@ def job_directory(out: Path, resume: bool, log):
 def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
     """Seed, growth and final training; measure the seed and the result: (report, seed, grown model)."""
     from ..methods import MethodContext
+    from ..training.bn_stats import recalibrate_on_
     from ..training.loop import TrainConfig
     from .compress import measure
-    from .seed_growth import grow_from_seed
+    from .seed_growth import grow_from_seed, with_bn_stats
 
     data, target = job.data, job.estimators[config.target]
     recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
@@ -170,6 +176,7 @@ def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
     ctx = MethodContext(data, target, job.budget, recipe, arch=job.arch, seed=config.seed, workdir=work,
                         resume=config.resume, log=log,
                         channel_multiple=config.channel_multiple or getattr(target, "channel_multiple", 1))
+    ctx = with_bn_stats(ctx, config.bn_batches, None)  # after every training run: scoring runs in eval mode
     log(f"design space: {config.arch} x{config.width:g} ({job.full_cost:.4g} {target.unit} on {config.target}); "
         f"budget {job.budget:.4g} {target.unit}; {config.epochs:g} epochs in all; widths stay multiples of "
         f"{ctx.channel_multiple}")
@@ -177,6 +184,8 @@ def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
     model = grow_from_seed(ctx, config.recipe(), job.plan)
     t1 = time.perf_counter()
     seed = ctx.records["seed_model"]
+    for trained in (seed, model):  # fresh statistics (already so unless resumed from an older checkpoint)
+        recalibrate_on_(trained, data.train, config.bn_batches, config.batch_size, config.seed)
     before = measure(seed, data, tuple(job.estimators), job.estimators, "measure seed", config.progress)
     after = measure(model, data, tuple(job.estimators), job.estimators, "measure grown model", config.progress)
     final_cost = target.predict(model, data.input_shape).total
@@ -199,5 +208,6 @@ def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
 
 
 def option_fields() -> list[str]:
-    """The config's fields that are command-line options (all but the report targets)."""
-    return [f.name for f in fields(DesignConfig) if f.name != "report_targets"]
+    """The config's fields that are command-line options (all but the report targets and, until the CLI has a
+    flag for it, bn_batches)."""
+    return [f.name for f in fields(DesignConfig) if f.name not in ("report_targets", "bn_batches")]

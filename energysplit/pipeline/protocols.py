@@ -15,7 +15,10 @@
   (a ``grow`` sweep), else the method runs first (its compute is not counted).
 
 Every row records its training in epochs and MAC-epochs (:class:`~.seed_growth.Ledger`). Only the
-validation split guides a run; the test split is read once, on the final model (in :mod:`.bench`).
+validation split guides a run; the test split is read once, on the final model (in :mod:`.bench`). After every
+training run, and before the test, a model's BatchNorm statistics are re-estimated on ``bn_batches``
+training batches (:mod:`energysplit.training.bn_stats`): after a few epochs from scratch the moving averages
+lag the weights, and validation, splitting scores and Taylor importances (all in eval mode) would use them.
 """
 from __future__ import annotations
 
@@ -106,7 +109,10 @@ def jobs(config, data, estimators: dict) -> list[tuple]:
 
 def run_method(job: tuple, config, ctx, out: Path) -> nn.Module:
     """The model that ``job``'s method trains under ``config.protocol`` (every training run reported to
-    ``ctx.on_train``)."""
+    ``ctx.on_train``, after its BatchNorm statistics are re-estimated: :func:`~.seed_growth.with_bn_stats`)."""
+    from .seed_growth import with_bn_stats
+
+    ctx = with_bn_stats(ctx, config.bn_batches, ctx.on_train)
     if config.protocol == "grow":
         model = grow_method(job[6], job[2], ctx, config)
         save_widths(model, _arch_file(out, job), ctx.input_shape)
@@ -142,13 +148,14 @@ def scratch_method(job: tuple, config, ctx, out: Path) -> nn.Module:
     from ..graph.archive import resize_
     from ..methods import train_model
     from ..training.loop import seed_everything
-    from .seed_growth import build
+    from .seed_growth import build, with_bn_stats
 
     name, _, arch, *_, method, seed = job
     sources = [_arch_file(out, job)] + ([_arch_file(Path(config.arch_source), job)] if config.arch_source else [])
     found = next((p for p in sources if p.exists()), None)
     if found is None:  # find the architecture first (its training is not this protocol's)
-        save_widths(grow_method(method, arch, replace(ctx, on_train=None), config), sources[0], ctx.input_shape)
+        found_by = with_bn_stats(ctx, config.bn_batches, None)
+        save_widths(grow_method(method, arch, found_by, config), sources[0], ctx.input_shape)
         found = sources[0]
     widths = json.loads(found.read_text())["widths"]
     seed_everything(seed)

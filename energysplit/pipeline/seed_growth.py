@@ -157,6 +157,19 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
     return result.model
 
 
+def with_bn_stats(ctx, batches: int, then):
+    """``ctx`` whose ``on_train`` re-estimates the BatchNorm statistics on ``batches`` training batches after
+    every training run (:func:`~energysplit.training.bn_stats.recalibrating`), then calls ``then``: a model
+    trained from scratch for a few epochs is otherwise evaluated, scored and pruned (all in eval mode) with
+    stale running statistics."""
+    from ..training.bn_stats import recalibrating
+
+    if batches <= 0:
+        return replace(ctx, on_train=then)
+    return replace(ctx, on_train=recalibrating(then, ctx.data.train, ctx.data.val, batches, ctx.train.batch_size,
+                                               ctx.seed))
+
+
 class Ledger:
     """``on_train`` that records every training run: its epochs and MAC-epochs (the model's MACs x epochs,
     the training compute of a method)."""
