@@ -146,3 +146,17 @@ def test_the_grow_profiles_change_only_what_the_protocol_needs():
 
     with pytest.raises(ConfigError, match="protocol"):
         profile("tiny", "magic")
+
+
+@pytest.mark.parametrize("name", ["quick", "medium", "full"])
+def test_every_budget_of_the_grow_profiles_is_reachable_from_its_seed(name):
+    """plan_seed alone (no training): the splitting methods' seed of every model reaches every budget."""
+    from energysplit.pipeline.seed_growth import build, plan_seed
+
+    config, estimator, shape = profile(name, "grow"), create_target("mobile"), (1, 28, 28)
+    for model in config.models:
+        arch = {"name": model, "kwargs": {"in_channels": 1, "num_classes": 10, "width": config.width}}
+        full = estimator.predict(build(arch, config.width), shape).total
+        for _, fraction in config.budgets:
+            plan = plan_seed(arch, estimator, fraction * full, shape, config.growth)
+            assert plan.cost < fraction * full <= plan.reachable and plan.steps >= 1
