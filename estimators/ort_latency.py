@@ -17,7 +17,7 @@ import numpy as np
 from energysplit.cost.estimator import CostReport, LayerwiseEstimator
 from energysplit.errors import ConfigError
 from .ort_blocks import block_keys, layout_costs, session, time_session, to_onnx_bytes
-from .ort_lut import LatencyLUT, ort_versions
+from .ort_lut import LatencyLUT, ort_versions, read_table
 
 
 def measure_model(model, input_shape, threads: int = 1, warmup: int = 20, repeats: int = 100) -> dict:
@@ -41,8 +41,9 @@ def nchwc_block() -> int:
 class OrtLatencyEstimator(LayerwiseEstimator):
     """ONNX Runtime latency (ms). ``measure=False`` reports the lookup-table prediction as the total.
 
-    ``lut``: a latency-table JSON (e.g. one written by ``energysplit calibrate``); default: this host's
-    table in the cache directory ($ENERGYSPLIT_CACHE or ~/.cache/energysplit), filled on demand.
+    ``lut``: a latency-table JSON (e.g. one written by ``energysplit lut`` or ``energysplit calibrate``;
+    an existing file is checked here: :func:`~energysplit_estimators.ort_lut.read_table`); default: this
+    host's table in the cache directory ($ENERGYSPLIT_CACHE or ~/.cache/energysplit), filled on demand.
     """
 
     name = "ort-latency"
@@ -62,6 +63,8 @@ class OrtLatencyEstimator(LayerwiseEstimator):
         if threads < 1 or warmup < 0 or repeats < 1:
             raise ConfigError("threads and repeats must be >= 1, warmup >= 0")
         self.threads, self.warmup, self.repeats, self.measure, self.lut = threads, warmup, repeats, measure, lut
+        if lut is not None and Path(lut).exists():
+            read_table(lut)
         self._table: LatencyLUT | None = None
 
     @property
@@ -77,6 +80,10 @@ class OrtLatencyEstimator(LayerwiseEstimator):
         costs = layout_costs(specs, keys, heads, entries)
         return [{"cost": c, "note": k if isinstance(k, str) else ("lut" if k else "not in the table")}
                 for c, k in zip(costs, keys)]
+
+    def describe_table(self) -> dict:
+        """Which latency table prices this estimator's predictions (:meth:`LatencyLUT.describe`)."""
+        return self.table.describe()
 
     def overhead(self, specs) -> float:
         return self.table.overhead()

@@ -9,9 +9,14 @@ new entry is scaled by ``reference_ms / reference now`` (a fixed reference conv 
 started and again, at most every ``scale_ttl_s``, before an entry), so entries measured on a busier
 machine stay comparable. Predicted model latency = fixed per-run overhead + the blocks' kernels + the
 reorders at layout boundaries (:func:`energysplit_estimators.ort_blocks.layout_costs`).
+
+A table is a file (``energysplit lut FILE`` writes this host's): passed as ``--lut FILE`` it prices a run
+elsewhere the same way (read-only there, see :class:`LatencyLUT`); :meth:`LatencyLUT.describe` names it
+with a hash of its prices, for the report. :func:`read_table` checks a file given by the user.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from energysplit.errors import InputFileError
+from energysplit.errors import ConfigError, InputFileError
 
 from .ort_blocks import COLD_FACTOR, BlockCopies, block_module, key_str, session, time_session, to_onnx_bytes
 
@@ -107,6 +112,28 @@ def _kernel_times(onnx_bytes: bytes, threads: int, runs: int = 30) -> dict[str, 
     return {**out, **{f"n_{k}": v for k, v in count.items()}}
 
 
+def read_table(path: str | Path) -> dict:
+    """The JSON of a latency table file the user gave (``--lut``), checked: a missing, unreadable or
+    malformed file, or one of another format, is a one-line ConfigError naming the problem and the fix."""
+    path, fix = Path(path), "write one with `energysplit lut FILE` on the host whose prices you want"
+    if not path.is_file():
+        raise ConfigError(f"latency table {path}: no such file; {fix}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"latency table {path} is not readable JSON ({type(exc).__name__}); {fix}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) or "format" not in data:
+        raise ConfigError(f"{path} is not an energysplit latency table (no 'format' and 'entries'); {fix}")
+    if data["format"] != FORMAT:
+        raise ConfigError(f"latency table {path} has format {data['format']!r}, this energysplit reads format "
+                          f"{FORMAT}; measure it again with `energysplit lut FILE` on {data.get('host', 'its host')}")
+    bad = [k for k, v in data["entries"].items() if not (isinstance(v, dict) and {"ms", "ri", "ro"} <= set(v))]
+    if bad or not isinstance(data.get("overhead_ms"), (int, float)):
+        what = f"entry {bad[0]}" if bad else "overhead_ms"
+        raise ConfigError(f"latency table {path}: {what} is missing or malformed; {fix}")
+    return data
+
+
 def _valid_entries(data: dict) -> dict[str, dict]:
     """The ``{"ms", "ri", "ro"}`` entries of a table of this format (an older cache's are dropped)."""
     if data.get("format") != FORMAT:
@@ -151,7 +178,7 @@ class LatencyLUT:
             data = json.loads(self.path.read_text())
             if data.get("format") != FORMAT and path:
                 raise InputFileError(f"{self.path}: not an energysplit latency table of format {FORMAT}; "
-                                 "calibrate again")
+                                     "calibrate again")
             if data.get("format") != FORMAT:  # an old cache of this host: measure again
                 data = {**self.meta, "entries": {}}
             self.entries = _valid_entries(data)
@@ -232,6 +259,30 @@ class LatencyLUT:
             self.entries[ks] = self._measure_block(key)
             self.dirty = True
         return self.entries[ks]
+
+    def digest(self) -> str:
+        """SHA-256 of what prices a model (the overhead and the entries, canonical JSON): equal digests,
+        equal costs."""
+        prices = {"overhead_ms": self.overhead_ms, "entries": dict(sorted(self.entries.items()))}
+        return hashlib.sha256(json.dumps(prices, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def describe(self) -> dict:
+        """Which table priced a run: its file (or this host's cache), host, threads, ORT, entries, digest."""
+        cached = self.path.parent == cache_dir() / "ort-latency"
+        return {"table": str(self.path), "source": f"measured on {self.meta.get('host')}" if cached else "file",
+                "host": self.meta.get("host"), "threads": self.meta.get("threads"),
+                "onnxruntime": self.meta.get("versions", {}).get("onnxruntime"), "entries": len(self.entries),
+                "foreign": self.foreign, "sha256": self.digest()}
+
+    def write(self, path: str | Path) -> Path:
+        """Write the table (what :meth:`save` holds) to ``path``, e.g. to commit it beside results."""
+        from energysplit._io import atomic_write_json
+
+        self.overhead()
+        self.save()
+        return atomic_write_json(Path(path), {**self.meta, "overhead_ms": self.overhead_ms,
+                                              "reference_ms": self.reference_ms,
+                                              "entries": dict(sorted(self.entries.items()))})
 
     def save(self) -> Path | None:
         if not self.dirty:

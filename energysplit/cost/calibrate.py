@@ -73,3 +73,27 @@ def calibrate(config: CalibrateConfig) -> dict:
             "entries": len(est.table.entries), "seconds": seconds, "predicted_ms": predicted,
             "measured_ms": measured["median_ms"], "p90_ms": measured["p90_ms"],
             "error_pct": 100 * (predicted - measured["median_ms"]) / measured["median_ms"]}
+
+
+def write_lut(path: str, archs: tuple[str, ...] = (), width: float | None = None,
+              input_shape: tuple[int, ...] = (1, 28, 28), threads: int = 1, neighbours: bool = True) -> dict:
+    """Write this host's ONNX Runtime latency table (the one ``cpu`` prices with, in the cache) to ``path``,
+    after measuring the blocks of the zoo models ``archs`` (with ``neighbours``, also their widths one
+    channel block up and down per group, what marginal costs ask for); ``--lut path`` then prices a run
+    elsewhere the same way. Returns the table's description (:meth:`LatencyLUT.describe`) and the seconds."""
+    from .estimator import create_estimator
+    from ..graph.trace import build_inventory
+    from ..zoo import create_model
+
+    if threads < 1 or len(input_shape) < 2 or min(input_shape) < 1:
+        raise ConfigError("threads must be >= 1 and the input shape C,H,W of positive ints")
+    est = create_estimator("ort-latency", threads=threads, measure=False)
+    start = time.perf_counter()
+    for arch in archs:
+        model = create_model(arch, in_channels=input_shape[0], width=width).eval()
+        est.predict(model, input_shape)
+        if neighbours:
+            for multiple in sorted({1, est.channel_multiple}):
+                est.marginal_costs(model, build_inventory(model, input_shape), input_shape, multiple)
+    est.table.write(path)
+    return {**est.describe_table(), "table": str(path), "seconds": time.perf_counter() - start}

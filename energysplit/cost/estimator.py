@@ -237,12 +237,27 @@ def create_estimator(name: str, **settings) -> Estimator:
     return cls(**settings)
 
 
-def create_target(name: str) -> Estimator:
-    """The configured estimator a target binds, e.g. ``create_target("mobile")``."""
+def create_target(name: str, **overrides) -> Estimator:
+    """The configured estimator a target binds, e.g. ``create_target("mobile")``; ``overrides`` replace
+    some of the target's settings (``create_target("cpu", lut="table.json")``)."""
     target = TARGETS.get(name)
-    est = create_estimator(target.estimator, **target.settings)
+    est = create_estimator(target.estimator, **{**target.settings, **overrides})
     est.target_ = name
     return est
+
+
+LUT_TARGETS = ("cpu",)  # the targets that ``--lut FILE`` prices with a saved latency table
+
+
+def target_settings(name: str, lut: str | None = None) -> dict:
+    """The overrides of target ``name`` for a run given ``--lut FILE``: ``{"lut": FILE}`` for
+    :data:`LUT_TARGETS` (a missing FILE is a ConfigError; the estimator checks its content)."""
+    from pathlib import Path
+
+    if lut and not Path(lut).is_file():
+        raise ConfigError(f"--lut {lut}: no such file; write one with `energysplit lut FILE` on the host whose "
+                          "prices you want, or leave --lut out to price on this host")
+    return {"lut": str(lut)} if lut and name in LUT_TARGETS else {}
 
 
 def target_info(name: str) -> dict:
