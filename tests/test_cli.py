@@ -124,3 +124,17 @@ def test_bench_protocol_flag(capsys):
     assert main(["bench", "--profile", "tiny", "--protocol", "nope", "--out", "unused"]) == 2
     assert capsys.readouterr().err.strip() == ("energysplit bench: error: unknown protocol 'nope'; use one of "
                                                 "compress, grow, scratch")
+
+
+def test_lut_flag_reaches_the_compress_config_and_bench_says_what_it_lacks(tmp_path, capsys):
+    from energysplit.cli import build_parser, main
+    from energysplit.cli.compress import resolve_config
+
+    args = build_parser("compress").parse_args(["compress", "--lut", "t.json"])
+    assert resolve_config(args).lut == "t.json"
+    (tmp_path / "c.json").write_text('{"lut": "from-file.json"}')
+    args = build_parser("compress").parse_args(["compress", "--config", str(tmp_path / "c.json")])
+    assert resolve_config(args).lut == "from-file.json"
+    assert main(["bench", "--profile", "tiny", "--lut", str(tmp_path / "nope.json"), "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("energysplit bench: error: ") and "\n" not in err and "lut" in err

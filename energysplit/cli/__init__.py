@@ -14,7 +14,7 @@ import sys
 from .bench import add_bench
 from .compress import add_compress
 from .grow import add_grow
-from .costs import add_calibrate, add_estimate, add_targets
+from .costs import add_calibrate, add_estimate, add_lut, add_targets
 from .models import add_inspect, add_models, add_train
 
 COMMANDS = {  # name: (one-line help, the function that adds its flags and returns its handler)
@@ -27,6 +27,8 @@ COMMANDS = {  # name: (one-line help, the function that adds its flags and retur
     "estimate": ("cost of a model on a target: total and per-layer table", add_estimate),
     "calibrate": ("measure an ONNX Runtime latency table on this machine and save it as a new target in the "
                   "user directory", add_calibrate),
+    "lut": ("write this host's ONNX Runtime latency table (what prices the cpu target) to a file, for --lut "
+            "elsewhere", add_lut),
     "bench": ("compare splitting with the pruning baselines at equal budgets", add_bench),
 }
 BUG_REPORT = ("this is a bug in energysplit {version}, not in your input; please report it with the command and "

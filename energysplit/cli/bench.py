@@ -29,6 +29,7 @@ def add_bench(p):
                                      "(overrides the profile; cpu budgets apply to every model given)")
     p.add_argument("--channel-multiple", type=int,
                    help="keep every changed width a multiple of N (default: each target's own, see compress)")
+    p.add_argument("--lut", metavar="FILE", help="price the cpu target with this saved latency table (from `energysplit lut FILE`)")
     p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
     p.add_argument("--device", help=DEVICE_HELP + " (default: the profile's)")
     p.add_argument("--worker", action="store_true",
@@ -59,6 +60,8 @@ def bench_config(args):
 
     config = profile(args.profile, args.protocol)
     changes = {k: getattr(args, k) for k in ("channel_multiple", "act", "device") if getattr(args, k) is not None}
+    if args.lut:
+        changes["lut"] = lut_setting(config, args.lut)
     changes.update({k: tuple(getattr(args, k).split(",")) for k in ("models", "methods") if getattr(args, k)})
     if args.seeds:
         changes["seeds"] = split_list(args.seeds, int, "--seeds", "0,1,2")
@@ -66,6 +69,20 @@ def bench_config(args):
         changes["budgets"] = split_list(args.budgets, budget_pair, "--budgets", "mobile:0.5,cpu:0.7")
         changes["latency_models"] = changes.get("models", config.models)
     return replace(config, **changes)
+
+
+def lut_setting(config, lut: str) -> str:
+    """``--lut``: the table file, checked (a missing or malformed file is a one-line ConfigError)."""
+    from dataclasses import fields
+
+    from ..cost.estimator import create_target, target_settings
+    from ..errors import ConfigError
+
+    if "lut" not in {f.name for f in fields(config)}:
+        raise ConfigError("bench --lut is not wired into the benchmark yet (BenchConfig has no lut field); "
+                          "price with this host's table, or use compress --lut")
+    create_target("cpu", **target_settings("cpu", lut))
+    return lut
 
 
 def run_bench(args) -> int:

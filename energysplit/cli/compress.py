@@ -44,6 +44,9 @@ def add_compress(p):
     option(p, C, "channel_multiple", "keep every changed width a multiple of N: runtimes pick fast kernels by "
                                      "channel count (default: the target's, 16 for cpu on AVX-512 hosts, else 8; "
                                      "1 = channel by channel)", layered=True, type=int)
+    option(p, C, "lut", "price the cpu target with this saved latency table (from `energysplit lut FILE`) "
+                        "instead of one measured on this host, so a rerun elsewhere prices models the same way",
+           layered=True, type=str, metavar="FILE")
     option(p, C, "cost_aware", "pruning ranks channels by importance per unit of the target's saving "
                                "(default: by importance)", layered=True)
     p.add_argument("--config", help="JSON file of these options; flags given here override it")

@@ -1,4 +1,5 @@
-"""``energysplit targets``, ``estimate`` and ``calibrate``: device targets, a model's cost, a new target."""
+"""``energysplit targets``, ``estimate``, ``calibrate`` and ``lut``: device targets, a model's cost, a new
+target, this host's latency table written to a file."""
 from __future__ import annotations
 
 import json
@@ -71,6 +72,31 @@ def run_estimate(args) -> int:
             print(f"  {key}: {report.meta[key]:.6g}")
     if report.unsupported:
         print(f"  not costed ({len(report.unsupported)}): {', '.join(report.unsupported)}")
+    return 0
+
+
+def add_lut(p):
+    p.epilog = ("Pass FILE to `energysplit compress --lut FILE` (or `bench --lut FILE`) on any machine: the cpu "
+                "target then prices models with these latencies; missing blocks are measured only on this host.")
+    p.add_argument("file", help="the JSON file to write")
+    p.add_argument("--arch", default="", help="comma-separated zoo models whose blocks (and +-1 channel block "
+                                             "neighbours) to measure first, e.g. mobilenet_v2,mobilenet_v1")
+    p.add_argument("--width", type=float, help="width multiplier of --arch (default: each model's own)")
+    p.add_argument("--input-shape", default="1,28,28", help="C,H,W (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default: %(default)s)")
+    p.add_argument("--no-neighbours", dest="neighbours", action="store_false",
+                   help="skip the +-1 channel block variants that marginal costs need")
+    return run_lut
+
+
+def run_lut(args) -> int:
+    from ..cost.calibrate import write_lut
+    from ..pipeline.inputs import parse_shape
+
+    archs = tuple(a for a in args.arch.split(",") if a)
+    r = write_lut(args.file, archs, args.width, parse_shape(args.input_shape), args.threads, args.neighbours)
+    print(f"wrote {r['table']}: {r['entries']} entries measured on {r['host']} (ONNX Runtime {r['onnxruntime']}, "
+          f"{r['threads']} thread(s)), sha256 {r['sha256'][:16]}, {r['seconds']:.1f} s")
     return 0
 
 

@@ -58,6 +58,7 @@ class CompressConfig:
     force: bool = False
     trust_pickle: bool = False
     report_targets: tuple = ("flops", "mobile", "cpu")
+    lut: str | None = None  # a saved latency table pricing the cpu target (default: this host's, measured)
     progress: bool = True
     device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit._device)
 
@@ -182,7 +183,7 @@ def check_inputs(config: CompressConfig) -> Job:
     """Check every input (target, method, data, output directory, model file, architecture, budget) and
     load them; nothing is written, so a failure leaves the file system as it was."""
     from ..cost.budget import check_budget, parse_budget
-    from ..cost.estimator import TARGETS, create_target
+    from ..cost.estimator import TARGETS, create_target, target_settings
     from ..graph.archive import build_model
     from ..methods import METHODS
     from ..training.distributed import rank_zero_estimator
@@ -193,6 +194,9 @@ def check_inputs(config: CompressConfig) -> Job:
     report_targets = tuple(dict.fromkeys((*config.report_targets, config.target)))
     for name in report_targets:
         TARGETS.get(name)
+    # a bad --lut fails here; costs are measured on rank 0 only
+    estimators = {name: rank_zero_estimator(create_target(name, **target_settings(name, config.lut)))
+                  for name in report_targets}
     try:  # needed for the ONNX check at the end: fail now, and import it while an interrupt loses nothing
         import onnxruntime  # noqa: F401
     except ImportError as exc:
@@ -206,7 +210,6 @@ def check_inputs(config: CompressConfig) -> Job:
         arch = arch_spec(replace(config, arch=config.arch or DEMO["arch"]), data.in_channels, data.num_classes)
         model = build_model(arch)  # trained later, once every input is known to be good
     check_model(model, arch, data)
-    estimators = {name: rank_zero_estimator(create_target(name)) for name in report_targets}  # measured on rank 0
     target = estimators[config.target]
     # costs do not depend on the weights: the demo's budget is checked before its base model is trained
     budget = parse_budget(config.budget, target.unit, target.predict(model, data.input_shape).total)
@@ -291,9 +294,15 @@ def _run(config: CompressConfig, job: Job, work: Path, command: str, log):
               "before": before, "after": after,
               "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                        "input_shape": list(data.input_shape)},
+              "cost_tables": cost_tables(job.estimators),
               "growth_steps": ctx.records.get("growth_steps", []), "stop_reason": ctx.records.get("stop_reason"),
               "base_training": base_train, "seconds": seconds}
     return report, model, compressed
+
+
+def cost_tables(estimators: dict) -> dict:
+    """Per target priced by a saved table (the ``cpu`` latency table): which table, with its digest."""
+    return {name: est.describe_table() for name, est in estimators.items() if hasattr(est, "describe_table")}
 
 
 def _train_base(model: nn.Module, arch: dict, config: CompressConfig, data, work: Path, recipe, log):

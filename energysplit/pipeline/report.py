@@ -50,6 +50,15 @@ def _budget_check(b: dict) -> str:
     return line
 
 
+def table_line(target: str, info: dict) -> str:
+    """Which latency table priced ``target`` (its file, or this host's measured table), with its digest."""
+    where = (f"the table file `{info['table']}` (measured on {info['host']})" if info["source"] == "file"
+             else f"the table {info['source']} (this host's cache `{info['table']}`)")
+    return (f"- {target} costs priced by {where}: sha256 {info['sha256'][:16]}, {info['entries']} entries, "
+            f"ONNX Runtime {info['onnxruntime']}, {info['threads']} thread(s); rerun elsewhere with "
+            f"`--lut` and a copy of that file (`energysplit lut FILE` writes one)")
+
+
 def markdown_table(rows: list, columns: list[str]) -> str:
     """A Markdown table of already formatted cells (pandas, through ``tabulate``): the first column
     left-aligned, the figures right-aligned."""
@@ -83,6 +92,7 @@ def markdown(report: dict) -> str:
              ("- epochs: " + ", ".join(f"{k} {v:.3g}" for k, v in report["epochs"].items())) if "epochs" in report
              else "",
              _budget_check(report["budget"]),
+             *(table_line(name, info) for name, info in (report.get("cost_tables") or {}).items()),
              "", markdown_table(metrics(report), ["metric", "before", "after", "after/before"])]
     lines += ["", "Units: MACs = multiply-accumulates (1 MAC = 2 FLOPs); mJ per inference (batch 1) from the "
               "target's energy table; ms = ONNX Runtime median latency, batch 1, on this host.", "",
