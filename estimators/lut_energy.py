@@ -5,11 +5,11 @@ energy = sum over layers of compute + memory-hierarchy traffic, with the energy 
 access taken from a device table (``estimators/tables/<profile>.json``, each figure citing its source,
 Horowitz ISSCC 2014 / Han et al. 2015 / Eyeriss relative costs). Data-movement model per layer:
 
-* conv / linear: compute = MACs * e_mac; register file = MACs * rf_accesses_per_mac * e_rf; weights
+* conv / linear / attention (its projections and score products) / einsum or matmul: compute = MACs * e_mac; register file = MACs * rf_accesses_per_mac * e_rf; weights
   (and bias) read once from DRAM; input activations read once and output activations written once,
   from/to the global buffer when the tensor fits in ``glb_bytes``, else from/to DRAM.
 * residual add: two inputs read, one output written (same rule), one add per output element.
-* pooling: input read, output written, one add per input element.
+* pooling, LayerNorm (not foldable): input read, output written, one add per input element.
 * BatchNorm (folded into the conv), activations (fused into the output write), reshapes: 0.
 
 Every term is a function of the layer's spec, so the marginal cost of a channel (the same formula on
@@ -78,7 +78,7 @@ class LutEnergyEstimator(LayerwiseEstimator):
     def layer_energy(self, s: LayerSpec) -> dict | None:
         """Energy terms of one op in pJ, or None when the op cannot be costed."""
         e = self._e
-        if s.op in ("conv", "linear"):
+        if s.op in ("conv", "linear", "attention", "contract"):
             macs = layer_macs(s)
             return {"compute": macs * e["mac"], "rf": macs * self._table["rf_accesses_per_mac"] * e["rf_access"],
                     "weights": layer_params(s) * self._table["bytes_per_value"] * e["dram_byte"],
@@ -86,7 +86,7 @@ class LutEnergyEstimator(LayerwiseEstimator):
         if s.op == "add":
             n = s.out_numel
             return {"compute": n * e["add"], "rf": 0.0, "weights": 0.0, "activations": 3 * self._move(n)}
-        if s.op == "pool":
+        if s.op in ("pool", "norm"):  # a LayerNorm: about one add per value read, not folded away
             return {"compute": s.in_numel * e["add"], "rf": 0.0, "weights": 0.0,
                     "activations": self._move(s.in_numel) + self._move(s.out_numel)}
         if s.op in FREE_OPS:

@@ -47,7 +47,7 @@ def shape_of(node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def _aligned(shape: tuple[int, ...], ndim: int, dim: int) -> int:
+def aligned(shape: tuple[int, ...], ndim: int, dim: int) -> int:
     """Size of ``shape`` along output dim ``dim`` after right-aligned broadcasting to ``ndim`` dims."""
     i = dim - (ndim - len(shape))
     return shape[i] if i >= 0 else 1
@@ -197,12 +197,13 @@ class ChannelGraph:
             raise self.fail(name, "reduces over the batch or channel dim")
         self.state[node] = self.spatial(node, x)
 
-    def binary(self, node: fx.Node, name: str, mul: bool) -> None:
+    def binary(self, node: fx.Node, name: str, mul: bool, cdim: int = 1) -> None:
+        """An element-wise binary op; ``cdim``: the channel dim of the output (1, or last)."""
         out = shape_of(node)
         a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
         sa, sb = (self.state.get(v) if isinstance(v, fx.Node) else None for v in (a, b))
-        ca = _aligned(shape_of(a), len(out), 1) if shape_of(a) is not None else 1
-        cb = _aligned(shape_of(b), len(out), 1) if shape_of(b) is not None else 1
+        ca = aligned(shape_of(a), len(out), cdim) if shape_of(a) is not None else 1
+        cb = aligned(shape_of(b), len(out), cdim) if shape_of(b) is not None else 1
         if sa is None or sb is None:  # a python scalar, or an untracked constant tensor
             if (ca if sa is None else cb) != 1:
                 raise self.fail(name, "combines a channel group with a constant per-channel tensor")
@@ -216,7 +217,8 @@ class ChannelGraph:
             return
         if [(s.width, s.repeat) for s in sa] != [(s.width, s.repeat) for s in sb]:
             raise self.fail(name, "combines tensors whose channel groups do not line up")
-        spatial = [math.prod(_aligned(shape_of(v), len(out), d) for d in range(2, len(out))) for v in (a, b)]
+        spatial = [math.prod(aligned(shape_of(v), len(out), d) for d in range(1, len(out)) if d != cdim)
+                   for v in (a, b)]
         gate = mul and 1 in spatial and spatial[0] != spatial[1]
         main, other = (sb, sa) if gate and spatial[0] == 1 else (sa, sb)
         for s, o in zip(main, other):
@@ -236,13 +238,13 @@ class ChannelGraph:
         else:
             raise self.fail(name, f"reshapes {list(si)} to {list(so)}, moving the channel dim")
 
-    def cat(self, node: fx.Node, name: str) -> None:
+    def cat(self, node: fx.Node, name: str, cdim: int = 1) -> None:
         parts = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         states = [self.state.get(p) if isinstance(p, fx.Node) else None for p in parts]
         if any(s is None for s in states):
             raise self.fail(name, "concatenates a channel group with an untracked tensor")
-        if dim % len(shape_of(node)) == 1:
+        if dim % len(shape_of(node)) == cdim:
             self.state[node] = tuple(s for st in states for s in st)
             return
         first = states[0]

@@ -105,6 +105,22 @@ NON_TENSOR_METHODS = {"size", "dim", "numel"}
 # how the cost model sees an op (LayerSpec.op); ops in none of these sets are "other" (not costed)
 CONV_MODULES = (nn.Conv1d, nn.Conv2d)
 BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm)  # normalizations that cannot be folded into a layer
+NORM_FUNCTIONS = {F.layer_norm, F.group_norm, F.softmax, torch.softmax}
+NORM_METHODS = {"softmax"}
+# products of two activations (attention scores): MACs from the operand shapes
+CONTRACT_FUNCTIONS = {torch.einsum, torch.matmul, operator.matmul, torch.bmm}
+CONTRACT_METHODS = {"matmul", "bmm", "__matmul__"}
+# data movement and index arithmetic (free in the cost model): permutes, expands, slices, and torchvision's
+# window padding and relative-position-bias gather in Swin
+MOVE_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, operator.getitem, torch.chunk, torch.split}
+MOVE_METHODS = {"permute", "transpose", "swapaxes", "expand", "expand_as", "__getitem__", "chunk", "split",
+                "unbind"}
+MOVE_NAMES = {"torchvision.models.swin_transformer._patch_merging_pad",
+              "torchvision.models.swin_transformer._get_relative_position_bias",
+              "torchvision.models.swin_transformer._get_relative_position_bias_v2"}
+# torchvision's window attention (Swin), costed as attention over its windows
+ATTENTION_NAMES = {"torchvision.models.swin_transformer.shifted_window_attention"}
 POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
@@ -132,6 +148,14 @@ def cost_kind(node) -> tuple[str, str | None]:
         return "pass", None  # stochastic depth too: the identity at inference
     if not method and t in CAT_FUNCTIONS:
         return "concat", None
+    if t in (NORM_METHODS if method else NORM_FUNCTIONS):
+        return "norm", None
+    if t in (CONTRACT_METHODS if method else CONTRACT_FUNCTIONS):
+        return "contract", None
+    if t in (MOVE_METHODS if method else MOVE_FUNCTIONS) or (not method and op_name(node) in MOVE_NAMES):
+        return "pass", None
+    if not method and op_name(node) in ATTENTION_NAMES:
+        return "attention", None
     return "other", None
 
 

@@ -26,7 +26,8 @@ from . import ops
 from ..errors import EnergySplitError, UnsupportedModelError, first_line
 from .channels import Segment, node_args, shape_of
 from .inventory import ChainOp, Inventory
-from .permute import CHUNK_FUNCTIONS, CHUNK_METHODS, TRANSPOSE_FUNCTIONS, TRANSPOSE_METHODS, Permutations
+from .permute import CHUNK_FUNCTIONS, CHUNK_METHODS, TRANSPOSE_FUNCTIONS, TRANSPOSE_METHODS
+from .tokens import SEALING_FUNCTIONS, ChannelsLast
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Traced:
     inventory: Inventory
     rejected: dict[fx.Node, str]
     state: dict[fx.Node, tuple[Segment, ...]]
-    channels: Permutations
+    channels: ChannelsLast
 
     def owners(self, node) -> frozenset[str]:
         """Producers of the groups whose channels the output of ``node`` carries (empty: none)."""
@@ -92,7 +93,7 @@ def _propagate_shapes(model: nn.Module, gm: fx.GraphModule, input_shape: tuple[i
 
 
 
-class _Walker(Permutations):
+class _Walker(ChannelsLast):
     """Walks the fx graph in order, keeping each node's channel segments."""
 
     def __init__(self, model: nn.Module, strict: bool = True):
@@ -144,9 +145,16 @@ class _Walker(Permutations):
             self.calls[name] += 1
             if self.calls[name] > 1:
                 raise self.fail(kind, "called more than once (shared weights are not supported)")
+        if x is None and not any(a in self.state for a in node_args((node.args, node.kwargs))):
+            return  # computed from constants only (Swin v2's position-bias MLP): a constant, no channels
         if x is None:
             raise self.fail(kind, "its input is not a traced activation tensor")
         act = ops.module_activation(m)
+        producer = isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+        if self.last_module(node, name, m, x):
+            return
+        if self.is_sealed(x) and not producer:
+            return self.seal(node)
         if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
             self.conv(node, name, m, x)
         elif isinstance(m, nn.Linear):
@@ -200,8 +208,18 @@ class _Walker(Permutations):
             return  # shape arithmetic, constants: no channel state
         if x is not None and (t in CHUNK_METHODS if method else t in CHUNK_FUNCTIONS):
             return self.chunk(node, x, name)
+        if self.all_sealed(node):
+            if shape_of(node) is None and ((method and t in ops.NON_TENSOR_METHODS) or t is getattr):
+                return
+            return self.seal(node)
         if x is not None and (t in TRANSPOSE_METHODS if method else t in TRANSPOSE_FUNCTIONS):
-            return self.transpose(node, x, name)
+            return self.transpose(node, x, name) if node.args[0] in self.grid else self.permute(node, x, name)
+        if x is not None and (t == "permute" if method else t is torch.permute):
+            return self.permute(node, x, name)
+        if not method and t in SEALING_FUNCTIONS:
+            return self.seal(node, f"{SEALING_FUNCTIONS[t]} ({name})")
+        if x is not None and node.args[0] in self.last and self.last_function(node, x, name):
+            return
         if node.args and node.args[0] in self.grid and not (method and t in ops.TRANSPARENT_METHODS) \
                 and t not in (ops.RESHAPE_METHODS if method else ops.RESHAPE_FUNCTIONS):
             raise self.fail(name, "uses a channel grid (a tensor viewed as [N, G, C/G, ...]) other than in a shuffle")
