@@ -176,7 +176,7 @@ def block_module(key: dict):
             floor = tuple((h + 2 * p - k) // s + 1 for h, p, k, s in zip(shape[1:], key["p"], key["k"], key["s"]))
             return nn.Sequential(kind(key["k"], key["s"], key["p"], ceil_mode=floor != out), act()), [shape]
         kind = nn.AdaptiveMaxPool2d if "max" in key["type"].lower() else nn.AdaptiveAvgPool2d
-        return nn.Sequential(kind(out), act()), [shape]
+        return nn.Sequential(kind(out if len(out) == len(shape) - 1 else 1), act()), [shape]  # mean([2, 3]): [C]
     raise ValueError(f"no block for {key}")
 
 
