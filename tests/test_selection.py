@@ -179,3 +179,27 @@ def test_selected_splits_change_the_loss_as_predicted(digits, method):
     assert sum(new_inv.widths().values()) == sum(inv.widths().values()) + len(sel.chosen)
     assert sel.predicted_change < 0
     assert after - before == pytest.approx(sel.predicted_change, rel=0.2)
+
+
+@pytest.mark.parametrize("method", SELECTORS.names())
+def test_groups_cut_into_blocks_grow_by_one_neuron_per_block(method):
+    """A group a grouped conv cuts into 2 blocks of 4 channels: units hold the k-th most negative lambda of
+    each block; a block with one negative lambda limits the group to one unit; widths stay block-aligned."""
+    from energysplit.splitting.selection import random_selection
+
+    eig = {"g": [-5.0, -1.0, -4.0, 0.5, 0.2, -0.1, 0.3, 0.4],  # block 0: channels 0-3, block 1: channels 4-7
+           "h": [-0.5, -0.4]}
+    scores, costs = scores_from(eig), {"g": 1.0, "h": 1.0}
+    widths, blocks = {"g": 8, "h": 2}, {"g": 2}
+    sel = select_splits(scores, costs, 10.0, method, widths=widths, blocks=blocks)
+    chosen_g = sorted(c.channel for c in sel.neurons() if c.group == "g")
+    assert chosen_g == [0, 5]  # the best of block 0 with the only negative of block 1
+    assert sel.cost_used == pytest.approx(4.0)  # one unit (2 neurons) and both neurons of h
+    unit = next(c for c in sel.chosen if c.group == "g")
+    assert unit.size == 2 and unit.eigval == pytest.approx(-5.1)
+    tight = select_splits(scores, costs, 1.5, method, widths=widths, blocks=blocks)  # a unit costs 2
+    assert all(c.group == "h" for c in tight.neurons())
+    for seed in range(5):
+        rnd = random_selection(scores, costs, 10.0, seed=seed, widths=widths, blocks=blocks)
+        per_block = [sum(1 for c in rnd.neurons() if c.group == "g" and c.channel // 4 == b) for b in (0, 1)]
+        assert per_block[0] == per_block[1]

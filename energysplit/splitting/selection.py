@@ -24,6 +24,11 @@ that tells whether the splitting index carries signal.
 With ``multiple = m > 1`` (:mod:`energysplit.graph.alignment`) the items are blocks instead of neurons: each
 group's negative-lambda neurons, most negative first, cut into blocks that keep its width a multiple of m
 (value = sum of lambda, cost = sum of T); a group's chosen blocks are always its first ones.
+
+A group that a grouped conv cuts into G blocks (``Group.blocks``) grows by **units** of G neurons, one
+per block (:func:`energysplit.graph.alignment.block_units`: the k-th most negative lambda of every block),
+so every block keeps the same width and the conv its group count: value = sum of lambda, cost = sum of T.
+Such a group's width changes by G per unit and is not re-aligned to the channel multiple.
 """
 from __future__ import annotations
 
@@ -127,17 +132,38 @@ def candidates(scores, costs: dict[str, float]) -> list[Candidate]:
     return out
 
 
-def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int,
-                   ranked: bool = True) -> list[Candidate]:
-    """Each group's candidates, most negative lambda first (``ranked``; else in the given order), as blocks
-    keeping its width a multiple."""
-    from ..graph.alignment import blocks
-
+def _by_group(pool: list[Candidate]) -> dict[str, list[Candidate]]:
     by_group: dict[str, list[Candidate]] = {}
     for c in pool:
         by_group.setdefault(c.group, []).append(c)
-    out = []
-    for gid, members in by_group.items():
+    return by_group
+
+
+def unit_candidates(pool: list[Candidate], widths: dict[str, int], blocks: dict[str, int],
+                    ranked: bool = True) -> list[Candidate]:
+    """The candidates of groups cut into ``blocks[g] > 1`` blocks as units of one neuron per block (the
+    k-th most negative lambda of every block when ``ranked``, else the given order); others unchanged."""
+    from ..graph.alignment import block_units
+
+    out = [c for c in pool if blocks.get(c.group, 1) <= 1]
+    for gid, members in _by_group([c for c in pool if blocks.get(c.group, 1) > 1]).items():
+        if ranked:
+            members.sort(key=lambda c: (c.eigval, c.channel))
+        index = {c.channel: c for c in members}
+        for unit in block_units([c.channel for c in members], widths[gid], blocks[gid]):
+            cs = [index[k] for k in unit]
+            out.append(Candidate(gid, cs[0].channel, sum(c.eigval for c in cs), sum(c.cost for c in cs), tuple(cs)))
+    return out
+
+
+def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int,
+                   ranked: bool = True) -> list[Candidate]:
+    """Each group's candidates, most negative lambda first (``ranked``; else in the given order), as blocks
+    keeping its width a multiple (units of a group cut into blocks pass unchanged)."""
+    from ..graph.alignment import blocks
+
+    out = [c for c in pool if c.members]
+    for gid, members in _by_group([c for c in pool if not c.members]).items():
         if ranked:
             members.sort(key=lambda c: (c.eigval, c.channel))
         for block in blocks(members, widths[gid], multiple, grow=True):
@@ -146,13 +172,15 @@ def aligned_blocks(pool: list[Candidate], widths: dict[str, int], multiple: int,
     return out
 
 
-def _first_blocks(chosen: list[Candidate], pool: list[Candidate]) -> list[Candidate]:
+def _first_blocks(chosen: list[Candidate], pool: list[Candidate], only: set | None = None) -> list[Candidate]:
     """Replace each group's chosen blocks by as many of its first blocks (no dearer: the first block of
-    a group is its smallest, the others are equal; no worse: they hold its most negative lambdas)."""
+    a group is its smallest, the others are equal; no worse: they hold its most negative lambdas).
+    ``only``: regroup these groups only (units of grouped-conv groups), keep the other choices."""
     counts: dict[str, int] = {}
     for c in chosen:
-        counts[c.group] = counts.get(c.group, 0) + 1
-    out, seen = [], dict.fromkeys(counts, 0)
+        if only is None or c.group in only:
+            counts[c.group] = counts.get(c.group, 0) + 1
+    out, seen = [c for c in chosen if c.group not in counts], dict.fromkeys(counts, 0)
     for c in pool:  # pool keeps each group's blocks in order
         if seen.get(c.group, 0) < counts.get(c.group, 0):
             out.append(c)
@@ -162,13 +190,15 @@ def _first_blocks(chosen: list[Candidate], pool: list[Candidate]) -> list[Candid
 
 def select_splits(scores, costs: dict[str, float], budget: float, method: str = "lp", *,
                   caps: dict[str, int] | None = None, eps: float = 1e-2, threshold: float = 0.9,
-                  multiple: int = 1, widths: dict[str, int] | None = None) -> Selection:
+                  multiple: int = 1, widths: dict[str, int] | None = None,
+                  blocks: dict[str, int] | None = None) -> Selection:
     """Choose neurons to split under ``budget`` (same units as ``costs``: one more channel per group).
 
     scores: ``{group: GroupScores}`` from :func:`energysplit.splitting_scores`; caps: optional
     ``{group: max channels split this step}``; eps: the split step (reported in the predicted change and
     used by :meth:`Selection.to_plan`); threshold: LP beta above which a neuron is split; multiple: split
-    in blocks that keep every changed width a multiple of it (needs ``widths``, the current group widths).
+    in blocks that keep every changed width a multiple of it (needs ``widths``, the current group widths);
+    blocks: ``{group: G}`` for groups a grouped conv cuts into G blocks (``Group.blocks``; needs ``widths``).
     """
     if not (isinstance(budget, (int, float)) and math.isfinite(budget)) or budget < 0:
         raise BudgetError(f"step budget must be a finite number >= 0, got {budget!r}")
@@ -180,15 +210,17 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
     if any(int(v) < 0 for v in caps.values()):
         raise ConfigError("caps must be >= 0")
     pool = candidates(scores, costs)
+    if (multiple > 1 or blocks) and widths is None:
+        raise ValueError("select_splits(multiple > 1 or blocks) needs the current group widths")
+    if blocks:
+        pool = unit_candidates(pool, widths, blocks)
     if multiple > 1:
-        if widths is None:
-            raise ValueError("select_splits(multiple > 1) needs the current group widths")
         pool = aligned_blocks(pool, widths, multiple)
     elif multiple < 1:
         raise ConfigError(f"multiple must be >= 1, got {multiple}")
     chosen, lp_value = SELECTORS.get(method)(pool, float(budget), caps, threshold)
-    if multiple > 1:
-        chosen = _first_blocks(chosen, pool)
+    if multiple > 1 or blocks:
+        chosen = _first_blocks(chosen, pool, None if multiple > 1 else set(blocks))
     sel = Selection(chosen, float(budget), float(eps), method, lp_objective=lp_value, candidates=len(pool),
                     caps=caps)
     sel.note = _why(sel, pool, caps)
@@ -196,7 +228,8 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
 
 
 def random_selection(scores, costs: dict[str, float], budget: float, *, seed: int = 0, caps: dict | None = None,
-                     eps: float = 1e-2, multiple: int = 1, widths: dict[str, int] | None = None) -> Selection:
+                     eps: float = 1e-2, multiple: int = 1, widths: dict[str, int] | None = None,
+                     blocks: dict[str, int] | None = None) -> Selection:
     """Random neurons of the scored groups, whatever their lambda, under the same ``budget`` (and caps and
     blocks) as :func:`select_splits`: the control for the splitting index. Reproducible from ``seed``."""
     import random
@@ -207,15 +240,17 @@ def random_selection(scores, costs: dict[str, float], budget: float, *, seed: in
     pool = [Candidate(gid, k, float(lam), float(costs[gid])) for gid, s in scores.items()
             for k, lam in enumerate(s.eigvals.tolist())]
     rng.shuffle(pool)
+    if (multiple > 1 or blocks) and widths is None:
+        raise ValueError("random_selection(multiple > 1 or blocks) needs the current group widths")
+    if blocks:
+        pool = unit_candidates(pool, widths, blocks, ranked=False)
     if multiple > 1:
-        if widths is None:
-            raise ValueError("random_selection(multiple > 1) needs the current group widths")
         pool = aligned_blocks(pool, widths, multiple, ranked=False)
     order = list(pool)
     rng.shuffle(order)
     chosen = _take_in_order(order, float(budget), caps)
-    if multiple > 1:
-        chosen = _first_blocks(chosen, pool)
+    if multiple > 1 or blocks:
+        chosen = _first_blocks(chosen, pool, None if multiple > 1 else set(blocks))
         rng.shuffle(chosen)  # no order by lambda: a trimmed plan drops random blocks
     sel = Selection(chosen, float(budget), float(eps), "random", candidates=len(pool), caps=caps)
     sel.note = "random neurons (control)"
