@@ -19,6 +19,22 @@ validation split guides a run; the test split is read once, on the final model (
 training run, and before the test, a model's BatchNorm statistics are re-estimated on ``bn_batches``
 training batches (:mod:`energysplit.training.bn_stats`): after a few epochs from scratch the moving averages
 lag the weights, and validation, splitting scores and Taylor importances (all in eval mode) would use them.
+
+Profiles (:data:`PROFILES`, changes to the compress profile of the same name):
+
+- ``quick``: MobileNetV2 x0.5, 25% of ``mobile``, seed 0, 4,000 training / 1,000 validation / 2,000 test
+  Fashion-MNIST images (28 x 28), E = 4 (125 SGD steps of 128): 5 jobs, about 12 minutes on 2 idle CPU
+  cores (measured at 8f775aa: splitting 173 s; uniform-scratch 54 s and taylor 160 s before the BatchNorm
+  re-estimation, which adds a few seconds).
+- ``medium``: MobileNetV2 x0.5 and MobileNetV1 x0.5, 25% and 10% of ``mobile``, seeds 0-2, the 4,000 /
+  1,000 training / validation images and 5,000 test images, E = 4: 60 jobs. Estimated 90-100 minutes on 2
+  idle CPU cores: a MobileNetV2 25% cell (5 methods) takes about 750 s, the 10% cell about 550 s (one
+  growth step from the narrowest seed; taylor's full-width base costs the same), MobileNetV1's cells about
+  300 and 250 s (uniform-scratch at 25% took 12 s against MobileNetV2's 37 s in
+  ``benchmarks/results/compare-medium-aligned-*``), so about 31 minutes a seed. Shared cores
+  stretch it; the CSV resumes and the sweep is seed-major, so a cut-short run keeps whole seeds. E = 8 on
+  these images (the earlier draft) would take about 3 hours.
+- ``full``: both networks, 50%, 25% and 10%, seeds 0-2, all of Fashion-MNIST, E = 15 (a GPU sweep).
 """
 from __future__ import annotations
 
@@ -46,8 +62,8 @@ PROFILES = {
                  epochs=2.0),
     "quick": dict(models=("mobilenet_v2",), budgets=(("mobile", 0.25),), seeds=(0,), train_subset=4000,
                   test_subset=2000, epochs=4.0, growth=FEASIBLE_SEED),
-    "medium": dict(budgets=(("mobile", 0.25), ("mobile", 0.1)), train_subset=4000, test_subset=5000, epochs=8.0,
-                   growth=FEASIBLE_SEED),
+    "medium": dict(models=("mobilenet_v2", "mobilenet_v1"), budgets=(("mobile", 0.25), ("mobile", 0.1)),
+                   seeds=(0, 1, 2), train_subset=4000, test_subset=5000, epochs=4.0, growth=FEASIBLE_SEED),
     "full": dict(budgets=(("mobile", 0.5), ("mobile", 0.25), ("mobile", 0.1)), epochs=15.0, growth=FEASIBLE_SEED),
 }
 
