@@ -27,13 +27,11 @@ Profiles (:data:`PROFILES`, changes to the compress profile of the same name):
   cores (measured at 8f775aa: splitting 173 s; uniform-scratch 54 s and taylor 160 s before the BatchNorm
   re-estimation, which adds a few seconds).
 - ``medium``: MobileNetV2 x0.5 and MobileNetV1 x0.5, 25% and 10% of ``mobile``, seeds 0-2, the 4,000 /
-  1,000 training / validation images and 5,000 test images, E = 4: 60 jobs. Estimated 90-100 minutes on 2
-  idle CPU cores: a MobileNetV2 25% cell (5 methods) takes about 750 s, the 10% cell about 550 s (one
-  growth step from the narrowest seed; taylor's full-width base costs the same), MobileNetV1's cells about
-  300 and 250 s (uniform-scratch at 25% took 12 s against MobileNetV2's 37 s in
-  ``benchmarks/results/compare-medium-aligned-*``), so about 31 minutes a seed. Shared cores
-  stretch it; the CSV resumes and the sweep is seed-major, so a cut-short run keeps whole seeds. E = 8 on
-  these images (the earlier draft) would take about 3 hours.
+  1,000 training / validation images and 5,000 test images, E = 4: 60 jobs. Estimated under 1 hour on 2
+  idle CPU cores: at 87a3316, once the cores were idle, its jobs took 15-67 s each (MobileNetV2 10%: 24-49
+  s, MobileNetV1 25%: 15-49 s; the first ones, on shared cores, up to 2,000 s), about 15 minutes a seed.
+  Shared cores stretch it; the CSV resumes and the sweep is seed-major, so a cut-short run keeps whole
+  seeds.
 - ``full``: both networks, 50%, 25% and 10%, seeds 0-2, all of Fashion-MNIST, E = 15 (a GPU sweep).
 """
 from __future__ import annotations
