@@ -231,6 +231,8 @@ ERRORS = {  # name: (arguments, text that the one error line must hold)
     "state dict without --arch": ([SD, *D], "name its architecture with --arch"),
     "state dict of another arch": ([SD, *D, "--arch", "resnet20"], "does not match --arch resnet20"),
     "state dict of another width": ([SD, *D, *VGG, "--width", "0.5"], "does not match --arch vgg_small"),
+    "constructor argument it does not take": ([SD, *D, *VGG, "--arch-kwargs", '{{"bogus": 1}}'],
+                                              "unexpected keyword argument 'bogus'"),
     "pickle without trust": (["{f}/shared.pt", *D], "--trust-pickle"),
     "unsupported layer": (["{f}/shared.pt", *D, "--trust-pickle"], "shared weights are not supported"),
     "module that cannot be rebuilt": (["{f}/needs-width.pt", *D, "--trust-pickle"], "cannot be rebuilt"),

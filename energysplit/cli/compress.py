@@ -1,6 +1,8 @@
 """``energysplit compress``: flags -> :class:`~energysplit.pipeline.compress.CompressConfig` -> compress."""
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import fields
 
 from .common import DEVICE_HELP, command_line, interrupted, option, process_group
@@ -9,6 +11,17 @@ EPILOG = ("Writes into --out: model.es (reload with energysplit.load_model), mod
           "report.json and report.md (before/after accuracy, MACs, params, latency, energy, widths per layer, time), "
           "steps.csv, growth.png and config.json (the resolved options and the command; reusable with --config). "
           "Work in progress is kept in --out/.work: after Ctrl-C or a kill, repeat the command with --resume.")
+
+
+def json_object(text: str) -> dict:
+    """``--arch-kwargs``: a JSON object, or argparse's one-line error."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}); give an object like '{{\"growth_rate\": 8}}'") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"growth_rate\": 8}}', got {text!r}")
+    return value
 
 
 def add_compress(p):
@@ -23,8 +36,10 @@ def add_compress(p):
                                              "or a pickled module (only with --trust-pickle)")
     p.add_argument("--demo", action="store_true", help="run the built-in default (ignores MODEL)")
     # every flag below is unset unless given: defaults < --demo < --config file < flags
-    option(p, C, "arch", "architecture of a state dict (a zoo name or torchvision:<name>), or of the model "
+    option(p, C, "arch", "architecture of a state dict (a zoo name, torchvision:<name> or package.module:factory), or of the model "
                          "trained in --demo", layered=True, type=str)
+    option(p, C, "arch_kwargs", "more constructor arguments of --arch as a JSON object, e.g. "
+                                '\'{"growth_rate": 8}\'', layered=True, type=json_object, metavar="JSON")
     option(p, C, "width", "width multiplier of --arch", layered=True, type=float)
     option(p, C, "act", "activation of --arch", layered=True, type=str)
     option(p, C, "target", "device target, one of `energysplit targets`", layered=True)

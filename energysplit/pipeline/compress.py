@@ -40,6 +40,7 @@ class CompressConfig:
     arch: str | None = None
     width: float | None = None
     act: str | None = None
+    arch_kwargs: dict | None = None  # more constructor arguments of arch (e.g. a torchvision class's sizes)
     target: str = "mobile"
     budget: str = DEFAULT_BUDGET  # a fraction of the input model's cost, or a value with a unit (2.5mJ)
     method: str = "splitting"
@@ -79,6 +80,8 @@ class CompressConfig:
             raise ConfigError("--channel-multiple must be >= 1")
         if self.subset is not None and self.subset < 1:
             raise ConfigError("--subset must be >= 1")
+        if self.arch_kwargs is not None and not all(isinstance(k, str) for k in self.arch_kwargs):
+            raise ConfigError("--arch-kwargs must be a JSON object of argument names, like {\"growth_rate\": 8}")
         if self.width is not None and self.width <= 0:
             raise ConfigError("--width must be > 0")
 
@@ -184,11 +187,10 @@ def check_inputs(config: CompressConfig) -> Job:
     load them; nothing is written, so a failure leaves the file system as it was."""
     from ..cost.budget import check_budget, parse_budget
     from ..cost.estimator import TARGETS, create_target, target_settings
-    from ..graph.archive import build_model
     from ..methods import METHODS
     from ..training.distributed import rank_zero_estimator
     from ..training.loop import seed_everything
-    from .inputs import arch_spec, check_model, load_data, load_input_model
+    from .inputs import arch_spec, build_arch, check_model, load_data, load_input_model
 
     method = METHODS.get(config.method)  # unknown names fail before any work
     report_targets = tuple(dict.fromkeys((*config.report_targets, config.target)))
@@ -208,7 +210,7 @@ def check_inputs(config: CompressConfig) -> Job:
         model, arch = load_input_model(config, data)
     else:
         arch = arch_spec(replace(config, arch=config.arch or DEMO["arch"]), data.in_channels, data.num_classes)
-        model = build_model(arch)  # trained later, once every input is known to be good
+        model = build_arch(arch)  # trained later, once every input is known to be good
     check_model(model, arch, data)
     target = estimators[config.target]
     # costs do not depend on the weights: the demo's budget is checked before its base model is trained

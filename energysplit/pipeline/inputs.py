@@ -43,7 +43,7 @@ def resolve_model(name: str, input_shape: tuple[int, ...] | None = None,
     ``torchvision:<name>`` or ``package.module:factory`` name built with random weights from ``kwargs``
     (a zoo model takes ``in_channels`` from the input shape: by default :data:`ZOO_SHAPE`, else
     :data:`OTHER_SHAPE`)."""
-    from ..graph.archive import build_model, load_model
+    from ..graph.archive import load_model
 
     if Path(name).is_file():
         model, record = load_model(name)
@@ -51,10 +51,19 @@ def resolve_model(name: str, input_shape: tuple[int, ...] | None = None,
     zoo = ":" not in name
     shape = tuple(input_shape or (ZOO_SHAPE if zoo else OTHER_SHAPE))
     kwargs = {**({"in_channels": shape[0]} if zoo else {}), **(kwargs or {})}
+    return build_arch({"name": name, "kwargs": kwargs}).eval(), shape
+
+
+def build_arch(arch: dict) -> nn.Module:
+    """:func:`~energysplit.graph.archive.build_model`, with arguments the constructor does not take as a
+    :class:`ConfigError`."""
+    from ..graph.archive import build_model
+
     try:
-        return build_model({"name": name, "kwargs": kwargs}).eval(), shape
-    except TypeError as exc:  # arguments that the model's constructor does not take
-        raise ConfigError(f"cannot build {name} with {kwargs}: {first_line(exc)}") from exc
+        return build_model(arch)
+    except TypeError as exc:
+        raise ConfigError(f"cannot build {arch['name']} with {arch['kwargs']}: {first_line(exc)}; check --arch "
+                          "and --arch-kwargs") from exc
 
 
 def _torch_load(path: Path, weights_only: bool):
@@ -66,7 +75,7 @@ def _torch_load(path: Path, weights_only: bool):
 def load_input_model(config, data) -> tuple[nn.Module, dict]:
     """(model, arch spec) from ``config.model``: an archive, a state dict with ``config.arch``, or (only with
     ``config.trust_pickle``) a pickled module (``torch.load(weights_only=False)`` runs code from the file)."""
-    from ..graph.archive import MAGIC, build_model, load_model
+    from ..graph.archive import MAGIC, load_model
 
     path = Path(config.model)
     if not path.is_file():
@@ -107,7 +116,7 @@ def load_input_model(config, data) -> tuple[nn.Module, dict]:
     if not config.arch:
         raise ConfigError(f"{path} is a state dict: name its architecture with --arch (e.g. --arch mobilenet_v2)")
     arch = arch_spec(config, data.in_channels, data.num_classes)
-    model = build_model(arch)
+    model = build_arch(arch)
     try:
         model.load_state_dict(obj, strict=True)
     except RuntimeError as exc:
@@ -119,15 +128,17 @@ def load_input_model(config, data) -> tuple[nn.Module, dict]:
 
 
 def arch_spec(config, in_channels: int, num_classes: int) -> dict:
-    """``{"name", "kwargs"}`` of ``config.arch`` (zoo or ``torchvision:<name>``) sized for the data."""
-    if config.arch.startswith("torchvision:"):
-        return {"name": config.arch, "kwargs": {"num_classes": num_classes}}
-    kwargs = {"in_channels": in_channels, "num_classes": num_classes}
-    if config.width is not None:
-        kwargs["width"] = config.width
-    if config.act is not None:
-        kwargs["act"] = config.act
-    return {"name": config.arch, "kwargs": kwargs}
+    """``{"name", "kwargs"}`` of ``config.arch`` sized for the data: a zoo name takes ``in_channels``,
+    ``width`` and ``act``; a ``torchvision:<name>`` or ``package.module:factory`` name only ``num_classes``;
+    ``config.arch_kwargs`` adds (or overrides) constructor arguments of either."""
+    kwargs = {"num_classes": num_classes}
+    if ":" not in config.arch:
+        kwargs["in_channels"] = in_channels
+        if config.width is not None:
+            kwargs["width"] = config.width
+        if config.act is not None:
+            kwargs["act"] = config.act
+    return {"name": config.arch, "kwargs": {**kwargs, **(getattr(config, "arch_kwargs", None) or {})}}
 
 
 def check_model(model: nn.Module, arch: dict, data) -> None:
