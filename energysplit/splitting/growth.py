@@ -264,16 +264,17 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     batches = scoring_batches(data, config.score_samples, 64, config.seed * 1000 + step)
     seed_everything(config.seed * 1000 + step)
     solver_config = FastConfig(progress=config.finetune.progress) if config.solver == "fast" else None
-    # groups a grouped conv cuts into blocks are not split yet (the selection does not keep the blocks alike)
-    groups = [g.id for g in inventory.splittable() if g.blocks == 1]
+    # groups a grouped conv cuts into G blocks grow by units of one neuron per block (every block alike)
+    blocks = {g.id: g.blocks for g in inventory.splittable() if g.blocks > 1}
     scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config,
-                              groups=groups)
+                              groups=[g.id for g in inventory.splittable()])
     t1 = time.perf_counter()
     marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
     costs = {gid: marginal[gid].add for gid in scores}
     widths = inventory.widths()
     caps = None if max_widths is None else {g: max(0, max_widths[g] - widths[g]) for g in scores if g in max_widths}
-    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, widths, caps, step, fill)
+    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, widths, caps, step, fill,
+                           blocks)
     ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
     t2 = time.perf_counter()
     if not ops:
@@ -305,38 +306,42 @@ def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
 
 def plan_step(scores, costs: dict[str, float], step_budget: float, config: GrowConfig,
               widths: dict[str, int], caps: dict[str, int] | None = None, step: int = 1,
-              fill: bool = False) -> tuple[list, list[int]]:
+              fill: bool = False, blocks: dict[str, int] | None = None) -> tuple[list, list[int]]:
     """One growth step's split ops under ``step_budget`` (:func:`~.selection.select_splits` with the
     growth config; ``random``: :func:`~.selection.random_selection`, any lambda), best block first, then
-    with ``fill`` :func:`fill_blocks`; and the block sizes (all 1 without a channel multiple)."""
+    with ``fill`` :func:`fill_blocks`; and the block sizes (all 1 without a channel multiple or ``blocks``,
+    ``{group: G}`` for groups a grouped conv cuts into G blocks, which grow by units of G)."""
     from .selection import Selection, random_selection, select_splits
 
     if config.selector == "random":  # random order kept: a trimmed plan drops random blocks
         selection = random_selection(scores, costs, step_budget, seed=config.seed * 1000 + step, caps=caps,
-                                     eps=config.eps, multiple=config.channel_multiple, widths=widths)
+                                     eps=config.eps, multiple=config.channel_multiple, widths=widths, blocks=blocks)
     else:
         selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, caps=caps,
-                                  threshold=config.threshold, multiple=config.channel_multiple, widths=widths)
+                                  threshold=config.threshold, multiple=config.channel_multiple, widths=widths,
+                                  blocks=blocks)
         selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
     if fill and config.selector != "random":
         more = fill_blocks(scores, costs, step_budget - selection.cost_used, config.channel_multiple, widths, caps,
-                           selection.neurons())
+                           selection.neurons(), blocks)
         selection = Selection(selection.chosen + more, step_budget, config.eps, "fill")
     return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]
 
 
 def fill_blocks(scores, costs: dict[str, float], budget: float, multiple: int, widths: dict[str, int],
-                caps: dict[str, int] | None = None, chosen=()) -> list:
+                caps: dict[str, int] | None = None, chosen=(), blocks: dict[str, int] | None = None) -> list:
     """The neurons of the scored groups not in ``chosen``, whatever their lambda, as blocks keeping the
-    widths multiples (after the chosen ones), in lambda / T order (a group's blocks stay in order), within
-    the caps, until their marginal costs pass ``budget`` (one block more: :func:`fit_plan` cuts the list)."""
-    from .selection import Candidate, aligned_blocks
+    widths multiples (after the chosen ones; units of one neuron per block in groups cut into ``blocks``),
+    in lambda / T order (a group's blocks stay in order), within the caps, until their marginal costs pass
+    ``budget`` (one block more: :func:`fit_plan` cuts the list)."""
+    from .selection import Candidate, aligned_blocks, unit_candidates
 
     taken = {(c.group, c.channel) for c in chosen}
     counts = {g: sum(c.group == g for c in chosen) for g in scores}
     pool = [Candidate(g, k, lam, float(costs[g])) for g, s in scores.items() if math.isfinite(costs[g])
             for k, lam in enumerate(s.eigvals.tolist()) if (g, k) not in taken]
-    ranked = aligned_blocks(pool, {g: widths[g] + counts[g] for g in scores}, multiple)
+    grown = {g: widths[g] + counts[g] for g in scores}
+    ranked = aligned_blocks(unit_candidates(pool, widths, blocks) if blocks else pool, grown, multiple)
     key, worst = {}, {}
     for j, b in enumerate(ranked):  # a group's blocks come in order: its keys never decrease
         worst[b.group] = max(worst.get(b.group, -math.inf), b.ratio)
