@@ -267,6 +267,20 @@ def versions() -> dict:
             **{p: have.get(p, "not installed") for p in ("torch", "torchvision", "torch-pruning")}}
 
 
+FEWER = ("Torch-Pruning also prunes the residual streams that LayerNorm normalizes (a ViT's token stream, "
+         "ConvNeXt's four stage streams). energysplit keeps them frozen, with that reason in the inventory: "
+         "removing or splitting a channel of a LayerNorm's input changes the mean and variance every other "
+         "channel is normalized by, so no such edit leaves the function unchanged (and nn.MultiheadAttention "
+         "ties a ViT stream's width to its embedding dim). The MLP neurons of those blocks are prunable and "
+         "splittable.")
+
+
+def fewer_than_tp(rows) -> list[str]:
+    """Handled models where energysplit's prunable groups are fewer than Torch-Pruning's groups."""
+    return [f"- {r['model']}: {r['prunable']} prunable, Torch-Pruning {r['tp_groups']}" for r in rows
+            if r["status"] == "handled" and isinstance(r.get("tp_groups"), int) and r["prunable"] < r["tp_groups"]]
+
+
 def write_doc(rows, seconds: float, command: str, info: dict, path: Path = DOC) -> None:
     t = totals(rows)
     lines = ["# Coverage of the torchvision classification networks", "",
@@ -285,6 +299,8 @@ def write_doc(rows, seconds: float, command: str, info: dict, path: Path = DOC) 
     lines += [f"- {op}: {', '.join(models)}" for op, models in refusals(rows).items()] or ["- none"]
     lines += ["", "## Broken", ""] + ([f"- {r['model']}: {r['reason']}" for r in rows if r["status"] == "broken"]
                                       or ["- none"])
+    lines += ["", "## Fewer prunable groups than Torch-Pruning", ""] + (
+        [FEWER, ""] + fewer_than_tp(rows) if fewer_than_tp(rows) else ["- none"])
     lines += ["", "## Table", "", frame(rows).to_markdown(index=False), ""]
     path.write_text("\n".join(lines))
 
