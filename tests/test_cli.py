@@ -126,15 +126,27 @@ def test_bench_protocol_flag(capsys):
                                                 "compress, grow, scratch")
 
 
-def test_lut_flag_reaches_the_compress_config_and_bench_says_what_it_lacks(tmp_path, capsys):
+def test_lut_flag_reaches_the_compress_grow_and_bench_configs(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
     from energysplit.cli import build_parser, main
+    from energysplit.cli.bench import bench_config
     from energysplit.cli.compress import resolve_config
+    from energysplit.pipeline.design import DesignConfig, option_fields
 
     args = build_parser("compress").parse_args(["compress", "--lut", "t.json"])
     assert resolve_config(args).lut == "t.json"
     (tmp_path / "c.json").write_text('{"lut": "from-file.json"}')
     args = build_parser("compress").parse_args(["compress", "--config", str(tmp_path / "c.json")])
     assert resolve_config(args).lut == "from-file.json"
+    args = build_parser("grow").parse_args(["grow", "--lut", "t.json", "--bn-batches", "7"])
+    config = DesignConfig(**{name: getattr(args, name) for name in option_fields()})
+    assert (config.lut, config.bn_batches) == ("t.json", 7)
+    table = tmp_path / "table.json"
+    shutil.copy(sorted(Path(__file__).parents[1].joinpath("benchmarks", "luts").glob("*.json"))[0], table)
+    args = build_parser("bench").parse_args(["bench", "--profile", "tiny", "--lut", str(table)])
+    assert bench_config(args).lut == str(table)
     assert main(["bench", "--profile", "tiny", "--lut", str(tmp_path / "nope.json"), "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("energysplit bench: error: ") and "\n" not in err and "lut" in err
+    assert err.startswith("energysplit bench: error: ") and "\n" not in err and "no such file" in err

@@ -54,6 +54,7 @@ def test_grow_writes_every_output(reference):
     assert epochs["seed"] == pytest.approx(0.4) and epochs["steps"] == pytest.approx(sum(s["epochs"] for s in steps))
     assert epochs["seed"] + epochs["steps"] + epochs["final"] == pytest.approx(1.0) == epochs["total"]
     assert report["after"]["mobile [mJ]"] == pytest.approx(budget["final_cost"])
+    assert report["cost_tables"]["cpu"]["sha256"]  # which latency table priced the cpu column
     assert "# energysplit grow report" in (reference / "report.md").read_text()
     assert len((reference / "steps.csv").read_text().splitlines()) == len(steps) + 1
     saved = json.loads((reference / "config.json").read_text())

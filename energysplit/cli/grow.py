@@ -36,6 +36,10 @@ def add_grow(p):
     option(p, C, "eps", "the split step size")
     option(p, C, "selector", "lp (energy-aware), cost-blind (S2D) or random (a control)")
     option(p, C, "channel_multiple", "keep every width a multiple of N (default: the target's)", type=int)
+    option(p, C, "bn_batches", "re-estimate the BatchNorm statistics on N training batches after every training "
+                               "run (0: off)")
+    option(p, C, "lut", "price the cpu target with this saved latency table (from `energysplit lut FILE`) "
+                        "instead of one measured on this host", type=str, metavar="FILE")
     option(p, C, "resume", "continue an interrupted run in --out")
     option(p, C, "force", "overwrite results already in --out")
     option(p, C, "device", DEVICE_HELP)

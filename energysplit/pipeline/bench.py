@@ -57,6 +57,7 @@ class BenchConfig:
     # grow/scratch: BatchNorm statistics re-estimated on this many training batches after every training run
     # and before the test (:mod:`energysplit.training.bn_stats`; 0: off); compress keeps the trained ones
     bn_batches: int = 50
+    lut: str | None = None  # a saved latency table pricing the cpu target (default: this host's, measured)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -174,7 +175,7 @@ def run_benchmark(config: BenchConfig, out: str | Path, command: str = "", log=p
 
 
 def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bool) -> Path:
-    from ..cost.estimator import create_target
+    from ..cost.estimator import create_target, target_settings
     from ..training.data import load_dataset
     from ..training.distributed import barrier, broadcast_object, is_main, main_only, rank_zero_estimator
 
@@ -188,7 +189,8 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
                            test=config.test_subset)
     csv_path = out / "results.csv"
     done = _done_rows(csv_path)
-    estimators = {name: rank_zero_estimator(create_target(name)) for name in ("flops", "mobile", "cpu")}
+    estimators = {name: rank_zero_estimator(create_target(name, **target_settings(name, config.lut)))
+                  for name in ("flops", "mobile", "cpu")}
     base_acc: dict = {}
     for job in _jobs(config, data, estimators, out, log):
         model_name, _, _, target_name, fraction, budget, method, seed = job
@@ -229,8 +231,17 @@ def _record_run(out: Path, config: BenchConfig, command: str, worker: bool) -> N
         check_protocol(runs, config.protocol, out)
         run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
                "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
+               "cpu_table": _cpu_table(config.lut),
                **({"worker": True} if worker else {})}
         atomic_write_json(out / "config.json", {"runs": runs + [run]})
+
+
+def _cpu_table(lut: str | None) -> dict:
+    """Which latency table priced the cpu target: the ``--lut`` file or this host's cache (no machine path)."""
+    from ..cost.estimator import create_target, target_settings
+
+    info = create_target("cpu", **target_settings("cpu", lut)).describe_table()
+    return {**info, "table": lut or "this host's cache"}
 
 
 def _jobs(config: BenchConfig, data, estimators: dict, out: Path, log) -> list[tuple]:

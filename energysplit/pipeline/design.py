@@ -48,8 +48,9 @@ class DesignConfig:
     selector: str = _RECIPE.selector
     channel_multiple: int | None = None  # None: the target's own
     # BatchNorm statistics re-estimated on this many training batches after every training run and before the
-    # seed and the result are measured (:mod:`energysplit.training.bn_stats`; 0: off); no CLI flag yet
+    # seed and the result are measured (:mod:`energysplit.training.bn_stats`; 0: off)
     bn_batches: int = 50
+    lut: str | None = None  # a saved latency table pricing the cpu target (default: this host's, measured)
     resume: bool = False
     force: bool = False
     report_targets: tuple = ("flops", "mobile", "cpu")
@@ -95,7 +96,7 @@ def check_inputs(config: DesignConfig) -> DesignJob:
     """Check every input (architecture, targets, data, output directory, budget, seed) and load them;
     nothing is written."""
     from ..cost.budget import parse_budget
-    from ..cost.estimator import TARGETS, create_target
+    from ..cost.estimator import TARGETS, create_target, target_settings
     from ..zoo import MODELS
     from .compress import check_out
     from .inputs import check_model, load_data
@@ -117,7 +118,7 @@ def check_inputs(config: DesignConfig) -> DesignJob:
                                             "width": config.width, **({"act": config.act} if config.act else {})}}
     full = build(arch, config.width)
     check_model(full, arch, data)
-    estimators = {name: create_target(name) for name in targets}
+    estimators = {name: create_target(name, **target_settings(name, config.lut)) for name in targets}
     target = estimators[config.target]
     full_cost = target.predict(full, data.input_shape).total
     budget = parse_budget(config.budget, target.unit, full_cost)
@@ -167,7 +168,7 @@ def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
     from ..methods import MethodContext
     from ..training.bn_stats import recalibrate_on_
     from ..training.loop import TrainConfig
-    from .compress import measure
+    from .compress import cost_tables, measure
     from .seed_growth import grow_from_seed, with_bn_stats
 
     data, target = job.data, job.estimators[config.target]
@@ -193,6 +194,7 @@ def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
         raise BudgetError(f"growth ended at {final_cost:.4g} {target.unit}, over the budget {job.budget:.4g}")
     report = {"job": "grow", "method": SELECTOR_NAMES[config.selector], "command": command, "config": asdict(config),
               "arch": job.arch, "reference": f"{config.arch} x{config.width:g}",
+              "cost_tables": cost_tables(job.estimators),
               "budget": {"target": config.target, "unit": target.unit, "requested": config.budget,
                          "budget": job.budget, "base_cost": job.full_cost, "final_cost": final_cost,
                          "final_measured": after[f"{config.target} [{target.unit}]"]},
@@ -208,6 +210,5 @@ def _run(config: DesignConfig, job: DesignJob, work: Path, command: str, log):
 
 
 def option_fields() -> list[str]:
-    """The config's fields that are command-line options (all but the report targets and, until the CLI has a
-    flag for it, bn_batches)."""
-    return [f.name for f in fields(DesignConfig) if f.name not in ("report_targets", "bn_batches")]
+    """The config's fields that are command-line options (all but the report targets)."""
+    return [f.name for f in fields(DesignConfig) if f.name != "report_targets"]
