@@ -228,7 +228,8 @@ def _worker(out: Path) -> None:
     from energysplit.splitting.scores import splitting_scores
     from energysplit.cost.estimator import create_target
     from energysplit.graph.trace import build_inventory
-    from energysplit.splitting.growth import GrowConfig, plan_step
+    from energysplit.splitting.growth import GrowConfig
+    from energysplit.splitting.planning import plan_step
     from energysplit.graph.plan import Plan
     from energysplit.graph.surgery import apply_plan_
     from energysplit.training.loop import evaluate, train

@@ -6,7 +6,8 @@ import torch
 from energysplit.errors import BudgetError
 from energysplit.cost.estimator import create_target
 from energysplit.graph.trace import build_inventory
-from energysplit.splitting.growth import Checkpoint, GrowConfig, fit_plan, grow
+from energysplit.splitting.growth import Checkpoint, GrowConfig, grow
+from energysplit.splitting.planning import fit_plan
 from energysplit.graph.plan import Split
 from energysplit.training.loop import TrainConfig, train
 from energysplit.zoo import create_model

@@ -80,7 +80,7 @@ def test_a_unit_split_at_eps_zero_keeps_the_function(digits):
     """One growth step's plan on the grouped groups, applied at eps = 0: outputs unchanged."""
     from energysplit.graph.plan import Plan
     from energysplit.graph.surgery import apply_plan_
-    from energysplit.splitting.growth import plan_step
+    from energysplit.splitting.planning import plan_step
     from energysplit.splitting.scores import splitting_scores
 
     torch.manual_seed(1)

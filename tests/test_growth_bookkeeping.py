@@ -10,7 +10,8 @@ import torch
 import energysplit.splitting.growth as growth
 from energysplit.cost.estimator import create_target, marginal_costs_of
 from energysplit.graph.trace import build_inventory
-from energysplit.splitting.growth import GrowConfig, fill_blocks, grow
+from energysplit.splitting.growth import GrowConfig, grow
+from energysplit.splitting.planning import fill_blocks
 from energysplit.splitting.solver import GroupScores
 from energysplit.training.loop import TrainConfig, TrainResult
 from energysplit.zoo import create_model
