@@ -241,3 +241,35 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     ctx.records["growth_steps"] = [asdict(s) for s in result.steps]
     ctx.records["stop_reason"] = result.stop_reason
     return result.model
+
+
+@METHODS.register("splitting-realloc")
+def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1) -> nn.Module:
+    """Reallocation at constant budget: Taylor-prune to the budget, then ``rounds`` rounds of {prune
+    ``delta`` of the budget by Taylor importance per unit of saving; split the same cost back by
+    energy-aware splitting (LP on lambda / T, filled to the budget as the growth's last step does);
+    fine-tune}, then a final fine-tune. The model stays at the budget and only moves width between layers.
+    Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
+    their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
+    ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
+    every baseline. Not checkpointed (as the pruners): an interrupted run starts again."""
+    from .splitting.growth import GrowConfig, grow
+
+    _prune(model, ctx, "taylor")
+    n, epochs = rounds + 1, ctx.train.epochs
+    saving = replace(ctx, cost_aware=True)
+    for r in range(rounds):
+        _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True)
+        still = replace(ctx.train, epochs=0.0)
+        config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
+                            channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still)
+        result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
+        ctx.records.setdefault("rounds", []).append({"split": result.steps[0].split_per_group if result.steps else {},
+                                                     "cost": result.final_cost})
+        if epochs > 0:
+            train_model(model, ctx, replace(ctx.train, epochs=epochs / n, span=(r / n, (r + 1) / n), seed=ctx.seed + r),
+                        f"round {r + 1} fine-tune", val=ctx.data.val)
+    if epochs > 0:
+        train_model(model, ctx, replace(ctx.train, epochs=epochs / n, span=(rounds / n, 1.0), seed=ctx.seed + rounds),
+                    "final fine-tune", val=ctx.data.val)
+    return model

@@ -1,0 +1,47 @@
+"""Reallocation at constant budget (issue 17, item 1): ``splitting-realloc`` keeps the model at the budget
+through every round (pruned by delta, split back, filled), trains exactly the baselines' epochs on one
+schedule, and moves width between layers."""
+import copy
+
+import pytest
+import torch
+
+from energysplit import METHODS, MethodContext, TrainConfig, create_model, create_target
+from energysplit.graph.trace import build_inventory
+
+
+@pytest.fixture(scope="module")
+def setup(digits):
+    torch.manual_seed(0)
+    model = create_model("vgg_small", width=0.25, act="silu")
+    data = digits.subset(train=256, val=64)
+    energy = create_target("mobile")
+    return model, data, energy, 0.6 * energy.predict(model, data.input_shape).total
+
+
+def _ctx(data, energy, budget, runs):
+    return MethodContext(data, energy, budget, TrainConfig(epochs=0.4, batch_size=64, progress=False),
+                         score_batches=2, log=lambda s: None, records={},
+                         on_train=lambda desc, model, result: runs.append((desc, model.training, result.epochs)))
+
+
+def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
+    model, data, energy, budget = setup
+    runs = []
+    ctx = _ctx(data, energy, budget, runs)
+    out = METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
+    assert energy.predict(out, data.input_shape).total <= budget
+    rounds = ctx.records["rounds"]
+    assert len(rounds) == 3 and all(r["split"] for r in rounds)  # every round split something
+    assert all(0.9 * budget < r["cost"] <= budget for r in rounds)  # pruned by 10%, filled back
+    assert [d for d, _, _ in runs] == ["round 1 fine-tune", "round 2 fine-tune", "round 3 fine-tune", "final fine-tune"]
+    assert sum(e for _, _, e in runs) == pytest.approx(0.4)
+
+
+def test_realloc_moves_width_where_taylor_alone_does_not(setup):
+    model, data, energy, budget = setup
+    taylor = METHODS.get("taylor")(copy.deepcopy(model), _ctx(data, energy, budget, []))
+    realloc = METHODS.get("splitting-realloc")(copy.deepcopy(model), _ctx(data, energy, budget, []))
+    shape = data.input_shape
+    assert build_inventory(realloc, shape).widths() != build_inventory(taylor, shape).widths()
+    assert realloc.eval()(torch.randn(2, *shape)).shape == (2, 10)
