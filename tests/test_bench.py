@@ -171,3 +171,33 @@ def test_rows_append_to_a_csv_begun_before_the_new_columns(tmp_path):
     _append(tmp_path / "results.csv", {"model": "m", "method": "l1", "epochs": 2.0, "status": "ok"})
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert list(rows[0]) == old and rows[0]["method"] == "l1" and rows[0]["status"] == "ok"
+
+
+def test_a_tuning_run_ranks_by_validation_and_never_reads_the_test_split(tmp_path, monkeypatch):
+    """--tuning: every row has a validation accuracy and no test accuracy, the summary says which split
+    it ranks by, and the test split is never touched (it raises here); a final run cannot share its folder."""
+    import pytest
+    from torch.utils.data import Dataset
+
+    import energysplit.training.data as data_module
+    from energysplit.errors import ConfigError
+
+    class Sealed(Dataset):
+        def __len__(self):
+            raise AssertionError("a tuning run read the test split")
+
+        def __getitem__(self, i):
+            raise AssertionError("a tuning run read the test split")
+
+    load = data_module.load_dataset
+    monkeypatch.setattr(data_module, "load_dataset", lambda *a, **k: replace(load(*a, **k), test=Sealed()))
+    config = replace(PROFILES["tiny"], methods=("l1",), base_epochs=1, epochs=0.3, tuning=True)
+    out = run_benchmark(config, tmp_path / "tune", command="test", log=lambda s: None)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert rows and all(r["status"] == "ok" and r["test_accuracy"] == "" and 0 <= float(r["val_accuracy"]) <= 1
+                        for r in rows)
+    assert (out / "summary.md").read_text().startswith("Protocol: compress. Accuracy on the validation split")
+    assert "val_accuracy_mean" in (out / "summary.csv").read_text().splitlines()[0]
+    monkeypatch.setattr(data_module, "load_dataset", load)
+    with pytest.raises(ConfigError, match="holds a tuning sweep"):
+        run_benchmark(replace(config, tuning=False), out, log=lambda s: None)

@@ -32,6 +32,9 @@ def add_bench(p):
     p.add_argument("--lut", metavar="FILE", help="price the cpu target with this saved latency table (from `energysplit lut FILE`)")
     p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
     p.add_argument("--device", help=DEVICE_HELP + " (default: the profile's)")
+    p.add_argument("--tuning", action="store_true",
+                   help="a tuning run: rank by the validation split and never read the test split (choose settings "
+                        "on it, then run the chosen setting without --tuning)")
     p.add_argument("--worker", action="store_true",
                    help="be one of several processes sharing --out (e.g. on one GPU): each runs the next job "
                         "that no live process has claimed")
@@ -60,6 +63,8 @@ def bench_config(args):
 
     config = profile(args.profile, args.protocol)
     changes = {k: getattr(args, k) for k in ("channel_multiple", "act", "device") if getattr(args, k) is not None}
+    if args.tuning:
+        changes["tuning"] = True
     if args.lut:
         changes["lut"] = lut_setting(args.lut)
     changes.update({k: tuple(getattr(args, k).split(",")) for k in ("models", "methods") if getattr(args, k)})

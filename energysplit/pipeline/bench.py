@@ -29,7 +29,8 @@ from .seed_growth import Ledger, SeedGrowth
 from .summary import summarise
 
 FIELDS = ["model", "target", "budget_name", "budget", "unit", "method", "seed", "test_accuracy", "epochs",
-          "mac_epochs", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error"]
+          "mac_epochs", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s", "status", "error",
+          "val_accuracy"]  # columns added later go last: a sweep begun before them keeps its header
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class BenchConfig:
     # and before the test (:mod:`energysplit.training.bn_stats`; 0: off); compress keeps the trained ones
     bn_batches: int = 50
     lut: str | None = None  # a saved latency table pricing the cpu target (default: this host's, measured)
+    tuning: bool = False  # a tuning run: accuracy on the validation split only, the test split is never read
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -191,7 +193,6 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
     done = _done_rows(csv_path)
     estimators = {name: rank_zero_estimator(create_target(name, **target_settings(name, config.lut)))
                   for name in ("flops", "mobile", "cpu")}
-    base_acc: dict = {}
     for job in _jobs(config, data, estimators, out, log):
         model_name, _, _, target_name, fraction, budget, method, seed = job
         target = estimators[target_name]
@@ -203,7 +204,7 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
             continue
         start = time.perf_counter()
         try:
-            row.update(_run_job(job, config, data, estimators, base_acc, log, out), status="ok")
+            row.update(_run_job(job, config, data, estimators, log, out), status="ok")
         except Exception as exc:  # one method's failure must not stop the sweep: it is recorded with its error
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             log(traceback.format_exc(limit=3))
@@ -212,11 +213,12 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
             with _locked(out):
                 _append(csv_path, row)
         log(f"{model_name} {target_name}@{fraction:g} {method} seed {seed}: "
-            + (f"acc {row['test_accuracy']:.4f}, {row['cost_on_target']:.4g} {target.unit}"
+            + (f"{'val' if config.tuning else 'test'} acc {row['val_accuracy' if config.tuning else 'test_accuracy']:.4f}, "
+               f"{row['cost_on_target']:.4g} {target.unit}"
                if row["status"] == "ok" else f"FAILED {row['error']}"))
     if is_main() and csv_path.exists():
         with _locked(out):
-            summarise(out, config.protocol)
+            summarise(out, config.protocol, "val_accuracy" if config.tuning else "test_accuracy")
     barrier()
     return out
 
@@ -229,6 +231,9 @@ def _record_run(out: Path, config: BenchConfig, command: str, worker: bool) -> N
     with _locked(out):
         runs = json.loads((out / "config.json").read_text()).get("runs", []) if (out / "config.json").exists() else []
         check_protocol(runs, config.protocol, out)
+        if any(r["config"].get("tuning", False) != config.tuning for r in runs):
+            raise ConfigError(f"{out} holds a {'final' if config.tuning else 'tuning'} sweep; give this "
+                              f"{'tuning' if config.tuning else 'final'} run its own --out")
         run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
                "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
                "cpu_table": _cpu_table(config.lut),
@@ -263,9 +268,9 @@ def _jobs(config: BenchConfig, data, estimators: dict, out: Path, log) -> list[t
                    for model_name, base, arch, budgets in models for t, f, b in budgets for m in config.methods]
 
 
-def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: dict, log, out: Path) -> dict:
-    """One method (or the base model, seed None) at one budget: test accuracy (the test split's one read),
-    training epochs and MAC-epochs, costs, parameters."""
+def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, log, out: Path) -> dict:
+    """One method (or the base model, seed None) at one budget: validation and test accuracy (the test
+    split's one read; none in a tuning run), training epochs and MAC-epochs, costs, parameters."""
     from ..methods import METHODS, MethodContext
     from ..training.bn_stats import recalibrate_on_
     from ..training.loop import TrainConfig, evaluate, seed_everything
@@ -275,7 +280,6 @@ def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: 
     ledger = Ledger(shape)
     if seed is None:
         model = base
-        acc = base_acc.setdefault(model_name, evaluate(base, data.test).accuracy)
     else:
         seed_everything(seed)
         tag = f"{model_name} {target_name} {fraction:g} {method} s{seed}"
@@ -288,8 +292,10 @@ def _run_job(job: tuple, config: BenchConfig, data, estimators: dict, base_acc: 
         else:  # trained from scratch for E epochs: fresh BatchNorm statistics (training images only)
             model = run_method(job, config, ctx, out)
             recalibrate_on_(model, data.train, config.bn_batches, config.batch_size, seed)
-        acc = evaluate(model, data.test).accuracy
-    return dict(test_accuracy=acc, epochs=ledger.epochs if ledger.rows else "", mac_epochs=ledger.mac_epochs or "",
+    val = evaluate(model, data.val).accuracy
+    acc = "" if config.tuning else evaluate(model, data.test).accuracy
+    return dict(test_accuracy=acc, val_accuracy=val, epochs=ledger.epochs if ledger.rows else "",
+                mac_epochs=ledger.mac_epochs or "",
                 flops_MACs=estimators["flops"].predict(model, shape).total,
                 params=sum(p.numel() for p in model.parameters()),
                 mobile_mJ=estimators["mobile"].predict(model, shape).total,

@@ -5,28 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def summarise(out: str | Path, protocol: str = "compress"):
-    """Mean and std over seeds per model/budget/method -> summary.csv, summary.md and pareto.png."""
+def summarise(out: str | Path, protocol: str = "compress", metric: str = "test_accuracy"):
+    """Mean and std over seeds per model/budget/method -> summary.csv, summary.md and pareto.png, ranked by
+    ``metric`` (``val_accuracy`` in a tuning run, which never reads the test split)."""
     import pandas as pd
 
     out = Path(out)
     df = pd.read_csv(out / "results.csv")
+    if metric != "test_accuracy":  # the tables below rank by the column test_accuracy: this run's accuracy
+        df = df.drop(columns="test_accuracy").rename(columns={metric: "test_accuracy"})
     ok = df[df.status == "ok"]
     cols = ["test_accuracy", "flops_MACs", "mobile_mJ", "cpu_ms", "params", "cost_on_target", "wall_s"]
     cols += [c for c in ("epochs", "mac_epochs") if c in df]  # training compute (sweeps since the grow protocol)
     summary = ok.groupby(["model", "target", "budget_name", "method"])[cols].agg(["mean", "std", "count"])
     summary.columns = ["_".join(c) for c in summary.columns]
     summary = summary.reset_index()
-    summary.to_csv(out / "summary.csv", index=False)
+    summary.rename(columns=lambda c: c.replace("test_accuracy", metric)).to_csv(out / "summary.csv", index=False)
     goals = {"compress": goal_lines, "grow": growth_goal_lines, "scratch": scratch_goal_lines}[protocol]
-    lines = [f"Protocol: {protocol}.", "", markdown_summary(summary)] + goals(summary)
+    split = "test split" if metric == "test_accuracy" else "validation split (a tuning run: the test split was not read)"
+    lines = [f"Protocol: {protocol}. Accuracy on the {split}.", "", markdown_summary(summary)] + goals(summary)
     failed = df[df.status != "ok"]
     if len(failed):
         lines += ["", "Failed runs:"] + [f"- {r.model} {r.target}@{r.budget_name} {r.method} seed "
                                          f"{'-' if pd.isna(r.seed) else int(r.seed)}: {r.error}"
                                          for _, r in failed.iterrows()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    pareto_plot(ok, out / "pareto.png")
+    pareto_plot(ok, out / "pareto.png", "test accuracy" if metric == "test_accuracy" else "validation accuracy")
     return summary
 
 
@@ -113,7 +117,7 @@ def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
 
-def pareto_plot(df, path: Path) -> None:
+def pareto_plot(df, path: Path, ylabel: str = "test accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +135,7 @@ def pareto_plot(df, path: Path) -> None:
                 ax.errorbar(agg.x, agg.y, yerr=agg.e.fillna(0), fmt="*" if method == "splitting" else "o",
                             ms=11 if method == "splitting" else 6, capsize=3, label=method)
             ax.set_xlabel(label)
-            ax.set_ylabel("test accuracy")
+            ax.set_ylabel(ylabel)
             ax.set_title(model)
             ax.grid(alpha=0.3)
         axes[i][0].legend(fontsize=8)
