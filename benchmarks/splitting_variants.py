@@ -1,20 +1,31 @@
 """`energysplit` with extra splitting variants registered, for ablations inside `energysplit bench`.
 
-    python benchmarks/splitting_variants.py bench --profile full --methods splitting,splitting-seed85 ...
+    python benchmarks/splitting_variants.py bench --profile medium --tuning --methods splitting,splitting-padded ...
 
-Variants (each is `energysplit.methods.splitting` with one setting changed):
+Variants (each is `energysplit.methods.splitting` or `splitting_realloc` with one setting changed):
 - splitting-seed50 / splitting-seed85: the Taylor seed costs 50% / 85% of the budget (default 70%), so the
   growth adds more / less of the final model.
+- splitting-linear0 / splitting-realloc-linear0: linear neurons (MobileNetV2's projections) get their true
+  splitting matrix, zero, instead of the act'' = 1 proxy, so they are never chosen.
+- splitting-padded / splitting-realloc-padded: blocks of a channel multiple cut from all of a group's
+  neurons, kept when their lambdas sum below zero (``select_splits(pad_blocks=True)``).
 """
 import functools
 import sys
 
 from energysplit.cli import main
-from energysplit.methods import METHODS, splitting
+from energysplit.methods import METHODS, splitting, splitting_realloc
+from energysplit.splitting.curvature import CurvatureConfig
 
+LINEAR0 = {"curvature": CurvatureConfig(linear="zero")}
+PADDED = {"pad_blocks": True}
 VARIANTS = {
     "splitting-seed50": functools.partial(splitting, seed_fraction=0.5),
     "splitting-seed85": functools.partial(splitting, seed_fraction=0.85),
+    "splitting-linear0": functools.partial(splitting, grow_options=LINEAR0),
+    "splitting-realloc-linear0": functools.partial(splitting_realloc, grow_options=LINEAR0),
+    "splitting-padded": functools.partial(splitting, grow_options=PADDED),
+    "splitting-realloc-padded": functools.partial(splitting_realloc, grow_options=PADDED),
 }
 
 if __name__ == "__main__":

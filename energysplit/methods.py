@@ -199,13 +199,14 @@ def uniform_scratch(model: nn.Module, ctx: MethodContext) -> nn.Module:
 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor",
-              one_schedule: bool = True) -> nn.Module:
+              one_schedule: bool = True, grow_options: dict | None = None) -> nn.Module:
     """Energy-aware splitting (METHOD.md section 5): shrink the trained model to a seed costing
     ``seed_fraction`` of the budget with the strongest pruning baseline (Taylor, keeping weights), then grow
     it back to the budget by energy-aware splitting (steps of at most x1.4). Fine-tuning epochs: 30% after
     seeding, 20% spread over the growth steps, 50% final, the same total as every baseline; with
     ``one_schedule`` the phases follow one learning-rate schedule (each covers its part of it, as the
-    baselines' single fine-tune does) instead of restarting it."""
+    baselines' single fine-tune does) instead of restarting it. ``grow_options``: other
+    :class:`~energysplit.splitting.growth.GrowConfig` fields (the ablations' variants)."""
     from .splitting.growth import Checkpoint, GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
@@ -231,7 +232,7 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
             train_model(model, ctx, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), "seed fine-tune", val=ctx.data.val)
     config = GrowConfig(step_growth=1.4, max_steps=steps + 2, planned_steps=steps, seed=ctx.seed,
                         channel_multiple=ctx.channel_multiple, finetune=phase(0.2 / steps, (0.3, 0.5)),
-                        final_finetune=phase(0.5, (0.5, 1.0)))
+                        final_finetune=phase(0.5, (0.5, 1.0)), **(grow_options or {}))
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint, resume=resumed,
                   log=ctx.log, on_train=ctx.on_train)
@@ -244,7 +245,8 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
 
 
 @METHODS.register("splitting-realloc")
-def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1) -> nn.Module:
+def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
+                      grow_options: dict | None = None) -> nn.Module:
     """Reallocation at constant budget: Taylor-prune to the budget, then ``rounds`` rounds of {prune
     ``delta`` of the budget by Taylor importance per unit of saving; split the same cost back by
     energy-aware splitting (LP on lambda / T, filled to the budget as the growth's last step does);
@@ -252,7 +254,8 @@ def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, del
     Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
     their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
-    every baseline. Not checkpointed (as the pruners): an interrupted run starts again."""
+    every baseline. Not checkpointed (as the pruners): an interrupted run starts again. ``grow_options``
+    as in :func:`splitting`."""
     from .splitting.growth import GrowConfig, grow
 
     _prune(model, ctx, "taylor")
@@ -262,7 +265,8 @@ def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, del
         _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True)
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
-                            channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still)
+                            channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,
+                            **(grow_options or {}))
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
         ctx.records.setdefault("rounds", []).append({"split": result.steps[0].split_per_group if result.steps else {},
                                                      "cost": result.final_cost})

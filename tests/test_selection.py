@@ -203,3 +203,20 @@ def test_groups_cut_into_blocks_grow_by_one_neuron_per_block(method):
         rnd = random_selection(scores, costs, 10.0, seed=seed, widths=widths, blocks=blocks)
         per_block = [sum(1 for c in rnd.neurons() if c.group == "g" and c.channel // 4 == b) for b in (0, 1)]
         assert per_block[0] == per_block[1]
+
+
+def test_padded_blocks_let_a_group_with_few_very_negative_lambdas_grow():
+    """Channel multiple 4: group a has 2 very negative lambdas (no block of 4 negatives), group b 4 mildly
+    negative ones. Blocks of negatives only: a cannot grow. Padded blocks (cut from all neurons, kept when
+    their lambdas sum below zero): a's block of -5 -5 +0.1 +0.1 is the better one per unit cost."""
+    scores = scores_from({"a": [-5.0, 0.1, -5.0, 0.1, 0.2, 0.3, 0.4, 0.5], "b": [-0.5] * 4 + [0.1] * 4})
+    costs, widths = {"a": 1.0, "b": 1.0}, {"a": 8, "b": 8}
+    plain = select_splits(scores, costs, 4.0, "lp", multiple=4, widths=widths)
+    assert {c.group for c in plain.neurons()} == {"b"}
+    padded = select_splits(scores, costs, 4.0, "lp", multiple=4, widths=widths, pad_blocks=True)
+    chosen = sorted((c.group, c.channel) for c in padded.neurons())
+    assert chosen == [("a", 0), ("a", 1), ("a", 2), ("a", 3)]  # the two -5 first, then the two smallest
+    assert padded.predicted_change < plain.predicted_change
+    none = select_splits(scores_from({"c": [0.1] * 8}), {"c": 1.0}, 4.0, "lp", multiple=4, widths={"c": 8},
+                         pad_blocks=True)
+    assert not none.neurons()  # a block whose lambdas sum >= 0 is never a candidate

@@ -63,6 +63,7 @@ class GrowConfig:
     # step k's limit: seed cost x step_growth^k (ablations spend alike per step), not cost x step_growth
     geometric: bool = False
     fill: bool = True  # the last step fills the budget to within one channel block (module docstring)
+    pad_blocks: bool = False  # blocks of a channel multiple valued over all neurons (select_splits' pad_blocks)
 
     def __post_init__(self):
         if self.step_growth <= 1.0 or self.eps <= 0 or self.overselect < 1:

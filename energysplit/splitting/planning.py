@@ -54,7 +54,7 @@ def plan_step(scores, costs: dict[str, float], step_budget: float, config,
     else:
         selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, caps=caps,
                                   threshold=config.threshold, multiple=config.channel_multiple, widths=widths,
-                                  blocks=blocks)
+                                  blocks=blocks, pad_blocks=config.pad_blocks)
         selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
     if fill and config.selector != "random":
         more = fill_blocks(scores, costs, step_budget - selection.cost_used, config.channel_multiple, widths, caps,

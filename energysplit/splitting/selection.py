@@ -116,8 +116,9 @@ class Selection:
                 "predicted_loss_change": self.predicted_change, "eps": self.eps, "note": self.note}
 
 
-def candidates(scores, costs: dict[str, float]) -> list[Candidate]:
-    """Every neuron with lambda_min < 0 of the scored groups (those without a cost are an error)."""
+def candidates(scores, costs: dict[str, float], negative: bool = True) -> list[Candidate]:
+    """Every neuron with lambda_min < 0 (``negative=False``: every neuron) of the scored groups (those without
+    a cost are an error)."""
     missing = [g for g in scores if g not in costs]
     if missing:
         raise BudgetError(f"no cost for group(s) {', '.join(missing)}; the estimator must cost every scored group")
@@ -127,7 +128,7 @@ def candidates(scores, costs: dict[str, float]) -> list[Candidate]:
         if not math.isfinite(cost):
             raise BudgetError(f"cost of group {gid} is {cost}; costs must be finite numbers")
         for k, lam in enumerate(s.eigvals.tolist()):
-            if lam < 0:
+            if lam < 0 or not negative:
                 out.append(Candidate(gid, k, lam, cost))
     return out
 
@@ -191,7 +192,7 @@ def _first_blocks(chosen: list[Candidate], pool: list[Candidate], only: set | No
 def select_splits(scores, costs: dict[str, float], budget: float, method: str = "lp", *,
                   caps: dict[str, int] | None = None, eps: float = 1e-2, threshold: float = 0.9,
                   multiple: int = 1, widths: dict[str, int] | None = None,
-                  blocks: dict[str, int] | None = None) -> Selection:
+                  blocks: dict[str, int] | None = None, pad_blocks: bool = False) -> Selection:
     """Choose neurons to split under ``budget`` (same units as ``costs``: one more channel per group).
 
     scores: ``{group: GroupScores}`` from :func:`energysplit.splitting_scores`; caps: optional
@@ -199,6 +200,9 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
     used by :meth:`Selection.to_plan`); threshold: LP beta above which a neuron is split; multiple: split
     in blocks that keep every changed width a multiple of it (needs ``widths``, the current group widths);
     blocks: ``{group: G}`` for groups a grouped conv cuts into G blocks (``Group.blocks``; needs ``widths``).
+    pad_blocks: with ``multiple > 1``, a group's blocks are cut from all its neurons (most negative lambda
+    first) and a block is a candidate when its lambdas sum below zero, so a group with fewer negative
+    lambdas than a block (but very negative ones) can still grow; by default blocks hold negative lambdas only.
     """
     if not (isinstance(budget, (int, float)) and math.isfinite(budget)) or budget < 0:
         raise BudgetError(f"step budget must be a finite number >= 0, got {budget!r}")
@@ -209,13 +213,13 @@ def select_splits(scores, costs: dict[str, float], budget: float, method: str = 
     caps = dict(caps or {})
     if any(int(v) < 0 for v in caps.values()):
         raise ConfigError("caps must be >= 0")
-    pool = candidates(scores, costs)
+    pool = candidates(scores, costs, negative=not (pad_blocks and multiple > 1))
     if (multiple > 1 or blocks) and widths is None:
         raise ValueError("select_splits(multiple > 1 or blocks) needs the current group widths")
     if blocks:
         pool = unit_candidates(pool, widths, blocks)
     if multiple > 1:
-        pool = aligned_blocks(pool, widths, multiple)
+        pool = [b for b in aligned_blocks(pool, widths, multiple) if b.eigval < 0]
     elif multiple < 1:
         raise ConfigError(f"multiple must be >= 1, got {multiple}")
     chosen, lp_value = SELECTORS.get(method)(pool, float(budget), caps, threshold)
