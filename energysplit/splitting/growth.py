@@ -64,6 +64,11 @@ class GrowConfig:
     geometric: bool = False
     fill: bool = True  # the last step fills the budget to within one channel block (module docstring)
     pad_blocks: bool = False  # blocks of a channel multiple valued over all neurons (select_splits' pad_blocks)
+    # a step adds at most (layer_growth - 1) x a group's width to it (reference: 2, a layer at most doubles)
+    layer_growth: float | None = None
+    # select by lambda x ||theta||^2 (theta: the neuron's producer weights), invariant to the scale of a
+    # filter feeding BatchNorm; the raw lambda is lambda / ||theta||^2-like and favours small filters
+    scale_invariant: bool = False
 
     def __post_init__(self):
         if self.step_growth <= 1.0 or self.eps <= 0 or self.overselect < 1:
@@ -71,6 +76,8 @@ class GrowConfig:
                               f"{self.eps} and {self.overselect}")
         if self.score_samples < 1 or self.max_steps < 1 or self.channel_multiple < 1:
             raise ConfigError("score_samples, max_steps and channel_multiple must be >= 1")
+        if self.layer_growth is not None and self.layer_growth <= 1.0:
+            raise ConfigError(f"layer_growth must be > 1 (or None: no per-step cap), got {self.layer_growth}")
 
 
 @dataclass
@@ -245,8 +252,9 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
     costs = {gid: marginal[gid].add for gid in scores}
     widths = inventory.widths()
-    caps = None if max_widths is None else {g: max(0, max_widths[g] - widths[g]) for g in scores if g in max_widths}
-    ops, sizes = plan_step(scores, costs, config.overselect * (step_limit - cost), config, widths, caps, step, fill,
+    caps = step_caps(widths, scores, max_widths, config.layer_growth)
+    ranked = scale_invariant_scores(model, inventory, scores) if config.scale_invariant else scores
+    ops, sizes = plan_step(ranked, costs, config.overselect * (step_limit - cost), config, widths, caps, step, fill,
                            blocks)
     ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)
     t2 = time.perf_counter()
@@ -264,6 +272,31 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     return inventory, StepRecord(step, cost, new_cost, estimator.unit, step_limit - cost, len(ops), per_group,
                                  0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
                                  t1 - t0, t2 - t1, result.seconds, FILL if fill else "", ft.epochs)
+
+
+def step_caps(widths: dict[str, int], groups, max_widths: dict | None, layer_growth: float | None) -> dict | None:
+    """Neurons each group of ``groups`` may still gain this step: up to its ``max_widths`` entry, and at most
+    (layer_growth - 1) x its width (None: no cap of that kind; None overall: no caps)."""
+    if max_widths is None and layer_growth is None:
+        return None
+    caps = {}
+    for g in groups:
+        if max_widths is not None and g in max_widths:
+            caps[g] = max(0, max_widths[g] - widths[g])
+        if layer_growth is not None:
+            caps[g] = min(caps.get(g, widths[g]), int((layer_growth - 1) * widths[g]))
+    return caps
+
+
+def scale_invariant_scores(model: nn.Module, inventory: Inventory, scores: dict) -> dict:
+    """``scores`` with every lambda times the squared norm of its neuron's weights in the group's producer."""
+    from .solver import GroupScores
+
+    out = {}
+    for gid, s in scores.items():
+        weight = model.get_submodule(inventory[gid].producers[0]).weight.detach().cpu()
+        out[gid] = GroupScores(s.eigvals * weight.flatten(1).pow(2).sum(1).to(s.eigvals.dtype), s.eigvecs)
+    return out
 
 
 def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:

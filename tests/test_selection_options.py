@@ -1,0 +1,98 @@
+"""Selection options of the growth loop (issue 17, item 3): per-step layer caps (``layer_growth``) and the
+scale-invariant score (``scale_invariant``). Training in the growth test is stubbed: the caps are under test."""
+import copy
+
+import pytest
+import torch
+
+import energysplit.splitting.growth as growth
+from energysplit.cost.estimator import create_target
+from energysplit.errors import ConfigError
+from energysplit.graph.trace import build_inventory
+from energysplit.splitting.growth import GrowConfig, grow, scale_invariant_scores, step_caps
+from energysplit.splitting.scores import splitting_scores
+from energysplit.training.loop import TrainConfig, TrainResult
+from energysplit.zoo import create_model
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    monkeypatch.setattr(growth, "train", lambda model, data, config, **kw: TrainResult(config.epochs, 0, 0.0, 0.0,
+                                                                                       0.5, 1.0))
+
+
+@pytest.fixture(scope="module")
+def seed_model():
+    torch.manual_seed(0)
+    return create_model("vgg_small", width=0.25, act="silu")
+
+
+def _batches(data, n: int = 192, size: int = 64) -> list:
+    x = torch.stack([data.train[i][0] for i in range(n)])
+    y = torch.tensor([int(data.train[i][1]) for i in range(n)])
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, n, size)]
+
+
+def test_step_caps_combine_max_widths_and_layer_growth():
+    widths = {"a": 10, "b": 4, "c": 7}
+    assert step_caps(widths, widths, None, None) is None
+    assert step_caps(widths, widths, {"a": 12}, None) == {"a": 2}
+    assert step_caps(widths, widths, None, 2.0) == {"a": 10, "b": 4, "c": 7}
+    assert step_caps(widths, widths, {"a": 12, "b": 100}, 1.5) == {"a": 2, "b": 2, "c": 3}
+    with pytest.raises(ConfigError, match="layer_growth"):
+        GrowConfig(layer_growth=1.0)
+
+
+def _largest_step_share(result, before: dict) -> float:
+    """The largest fraction of its width that one step added to a group."""
+    widths, share = dict(before), 0.0
+    for step in result.steps:
+        for g, n in step.split_per_group.items():
+            share = max(share, n / widths[g])
+            widths[g] += n
+    return share
+
+
+def test_layer_growth_caps_every_group_in_every_step(digits, seed_model, no_training):
+    flops = create_target("flops")
+    budget = 2.5 * flops.predict(seed_model, digits.input_shape).total
+    before = build_inventory(seed_model, digits.input_shape).widths()
+    shares = {}
+    for cap in (None, 1.25):
+        config = GrowConfig(score_samples=128, max_steps=4, layer_growth=cap, fill=False,
+                            finetune=TrainConfig(epochs=0.1, progress=False),
+                            final_finetune=TrainConfig(epochs=0.1, progress=False))
+        result = grow(copy.deepcopy(seed_model), digits, flops, budget, config, log=lambda s: None)
+        assert result.steps
+        shares[cap] = _largest_step_share(result, before)
+    assert shares[1.25] <= 0.25 < shares[None], shares  # uncapped, a step grows some layer by more
+
+
+def test_scale_invariant_score_ignores_the_scale_of_a_filter_feeding_batchnorm(digits, seed_model):
+    """Scaling filter k of a conv feeding BatchNorm by c (and BN's running statistics with it) leaves the
+    network's function unchanged; the raw lambda_k scales by 1 / c^2, lambda_k x ||theta_k||^2 does not move."""
+    model = copy.deepcopy(seed_model).eval()
+    inventory = build_inventory(model, digits.input_shape)
+    group = next(g for g in inventory.splittable() if g.followers)
+    conv, bn = model.get_submodule(group.producers[0]), model.get_submodule(group.followers[0])
+    assert isinstance(bn, torch.nn.BatchNorm2d) and conv.bias is None
+    bn.eps = 1e-12  # so that the rescaled network is the same function to rounding
+    batches = _batches(digits)
+    x = batches[0][0]
+    before_out = model(x)
+    raw = splitting_scores(model, batches, inventory, "exact", groups=[group.id])
+    invariant = scale_invariant_scores(model, inventory, raw)
+    c, k = 3.0, 1
+    with torch.no_grad():
+        conv.weight[k] *= c
+        bn.running_mean[k] *= c
+        bn.running_var[k] *= c * c
+    torch.testing.assert_close(model(x), before_out, rtol=1e-4, atol=1e-5)
+    raw2 = splitting_scores(model, batches, inventory, "exact", groups=[group.id])
+    invariant2 = scale_invariant_scores(model, inventory, raw2)
+    lam, lam2 = raw[group.id].eigvals, raw2[group.id].eigvals
+    assert abs(lam[k]) > 1e-6
+    assert float(lam2[k]) == pytest.approx(float(lam[k]) / c ** 2, rel=1e-3)
+    assert float(invariant2[group.id].eigvals[k]) == pytest.approx(float(invariant[group.id].eigvals[k]), rel=1e-3)
+    others = [i for i in range(len(lam)) if i != k]
+    torch.testing.assert_close(lam2[others], lam[others], rtol=1e-3, atol=1e-7)
