@@ -201,3 +201,17 @@ def test_a_tuning_run_ranks_by_validation_and_never_reads_the_test_split(tmp_pat
     monkeypatch.setattr(data_module, "load_dataset", load)
     with pytest.raises(ConfigError, match="holds a tuning sweep"):
         run_benchmark(replace(config, tuning=False), out, log=lambda s: None)
+
+
+def test_a_folder_holds_one_number_of_epochs(tmp_path):
+    """Rows are keyed by model, budget, method and seed, so a run with another E needs its own folder."""
+    import pytest
+
+    from energysplit.errors import ConfigError
+
+    config = replace(PROFILES["tiny"], methods=("l1",), base_epochs=1, epochs=0.3)
+    run_benchmark(config, tmp_path, command="test", log=lambda s: None)
+    with pytest.raises(ConfigError, match="holds a sweep with 0.3 epochs; give this run with 0.6 its own --out"):
+        run_benchmark(replace(config, epochs=0.6), tmp_path, log=lambda s: None)
+    with pytest.raises(ConfigError, match="epochs must be > 0"):
+        replace(config, epochs=0.0)

@@ -104,6 +104,8 @@ def test_bench_flags_override_the_profile():
     assert (c.models, c.budgets, c.seeds, c.latency_models, c.device) == (
         ("a", "b"), (("mobile", 0.5), ("cpu", 0.7)), (1, 2), ("a", "b"), "cuda")
     assert c.methods == PROFILES["quick"].methods
+    assert config("--profile", "medium", "--epochs", "10").epochs == 10.0
+    assert config("--profile", "medium", "--protocol", "grow", "--epochs", "8").epochs == 8.0
 
 
 def test_compress_help_is_fast_to_build():

@@ -27,6 +27,9 @@ def add_bench(p):
     p.add_argument("--seeds", help="comma-separated seeds (overrides the profile)")
     p.add_argument("--budgets", help="comma-separated target:fraction pairs, e.g. mobile:0.5,cpu:0.7 "
                                      "(overrides the profile; cpu budgets apply to every model given)")
+    p.add_argument("--epochs", type=float, metavar="E",
+                   help="compress: every method's fine-tuning epochs; grow and scratch: every method's training "
+                        "epochs in all (overrides the profile; a folder holds one E)")
     p.add_argument("--channel-multiple", type=int,
                    help="keep every changed width a multiple of N (default: each target's own, see compress)")
     p.add_argument("--lut", metavar="FILE", help="price the cpu target with this saved latency table (from `energysplit lut FILE`)")
@@ -62,7 +65,7 @@ def bench_config(args):
     from ..pipeline.bench import profile
 
     config = profile(args.profile, args.protocol)
-    changes = {k: getattr(args, k) for k in ("channel_multiple", "act", "device") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in ("epochs", "channel_multiple", "act", "device") if getattr(args, k) is not None}
     if args.tuning:
         changes["tuning"] = True
     if args.lut:

@@ -66,6 +66,8 @@ class BenchConfig:
             raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if not 0 < self.taylor_base_share < 1:
             raise ConfigError(f"taylor_base_share must be in (0, 1), got {self.taylor_base_share}")
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if self.bn_batches < 0:
             raise ConfigError(f"bn_batches must be >= 0, got {self.bn_batches}")
 
@@ -234,6 +236,9 @@ def _record_run(out: Path, config: BenchConfig, command: str, worker: bool) -> N
         if any(r["config"].get("tuning", False) != config.tuning for r in runs):
             raise ConfigError(f"{out} holds a {'final' if config.tuning else 'tuning'} sweep; give this "
                               f"{'tuning' if config.tuning else 'final'} run its own --out")
+        if any(r["config"]["epochs"] != config.epochs for r in runs):
+            raise ConfigError(f"{out} holds a sweep with {runs[0]['config']['epochs']:g} epochs; give this run with "
+                              f"{config.epochs:g} its own --out")
         run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
                "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
                "cpu_table": _cpu_table(config.lut),
