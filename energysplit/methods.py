@@ -254,26 +254,39 @@ def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, del
     Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
     their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
-    every baseline. Not checkpointed (as the pruners): an interrupted run starts again. ``grow_options``
-    as in :func:`splitting`."""
-    from .splitting.growth import GrowConfig, grow
+    every baseline. With ``ctx.workdir`` every finished round is checkpointed, and ``ctx.resume`` continues
+    after the last one. ``grow_options`` as in :func:`splitting`."""
+    from dataclasses import asdict
 
-    _prune(model, ctx, "taylor")
+    from .splitting.growth import Checkpoint, GrowConfig, grow
+
     n, epochs = rounds + 1, ctx.train.epochs
+    checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
+    steps, done = [], 0
+    if ctx.resume and checkpoint is not None and (restored := checkpoint.load()) is not None:
+        model, steps, phase = restored
+        done = int(phase.removeprefix("round "))
+        ctx.log(f"resumed from {checkpoint.dir} after reallocation round {done}")
+    else:
+        _prune(model, ctx, "taylor")
     saving = replace(ctx, cost_aware=True)
-    for r in range(rounds):
+    for r in range(done, rounds):
         _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True)
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
                             channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,
                             **(grow_options or {}))
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
-        ctx.records.setdefault("rounds", []).append({"split": result.steps[0].split_per_group if result.steps else {},
-                                                     "cost": result.final_cost})
+        steps += [replace(s, step=r + 1, epochs=epochs / n) for s in result.steps]
         if epochs > 0:
             train_model(model, ctx, replace(ctx.train, epochs=epochs / n, span=(r / n, (r + 1) / n), seed=ctx.seed + r),
                         f"round {r + 1} fine-tune", val=ctx.data.val)
+        if checkpoint is not None:
+            checkpoint.save(model, steps, f"round {r + 1}")
     if epochs > 0:
         train_model(model, ctx, replace(ctx.train, epochs=epochs / n, span=(rounds / n, 1.0), seed=ctx.seed + rounds),
                     "final fine-tune", val=ctx.data.val)
+    # one step record per round that split (the round's split and its cost after the fill), for the report
+    ctx.records["growth_steps"] = [asdict(s) for s in steps]
+    ctx.records["stop_reason"] = f"{rounds} reallocation rounds of {delta:.0%} of the budget"
     return model

@@ -31,9 +31,9 @@ def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
     ctx = _ctx(data, energy, budget, runs)
     out = METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
     assert energy.predict(out, data.input_shape).total <= budget
-    rounds = ctx.records["rounds"]
-    assert len(rounds) == 3 and all(r["split"] for r in rounds)  # every round split something
-    assert all(0.9 * budget < r["cost"] <= budget for r in rounds)  # pruned by 10%, filled back
+    rounds = ctx.records["growth_steps"]  # one record per round that split
+    assert [r["step"] for r in rounds] == [1, 2, 3] and all(r["split_per_group"] for r in rounds)
+    assert all(0.9 * budget < r["cost_after"] <= budget for r in rounds)  # pruned by 10%, filled back
     assert [d for d, _, _ in runs] == ["round 1 fine-tune", "round 2 fine-tune", "round 3 fine-tune", "final fine-tune"]
     assert sum(e for _, _, e in runs) == pytest.approx(0.4)
 
@@ -45,3 +45,37 @@ def test_realloc_moves_width_where_taylor_alone_does_not(setup):
     shape = data.input_shape
     assert build_inventory(realloc, shape).widths() != build_inventory(taylor, shape).widths()
     assert realloc.eval()(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_an_interrupted_realloc_resumes_to_the_same_model(setup, tmp_path):
+    """Killed during round 2 (after round 1's checkpoint), resumed: the same weights and records as a run
+    that was never interrupted."""
+    from dataclasses import replace
+
+    model, data, energy, budget = setup
+    whole = _ctx(data, energy, budget, [])
+    reference = METHODS.get("splitting-realloc")(copy.deepcopy(model), whole)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_round_2(desc, model, result):
+        if desc == "round 2 fine-tune":
+            raise Killed
+
+    arch = {"name": "vgg_small", "kwargs": {"width": 0.25, "act": "silu"}}
+    ctx = replace(_ctx(data, energy, budget, []), workdir=tmp_path, on_train=kill_in_round_2, arch=arch)
+    with pytest.raises(Killed):
+        METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
+    assert (tmp_path / "model.es").exists()
+    logs = []
+    ctx = replace(_ctx(data, energy, budget, []), workdir=tmp_path, resume=True, log=logs.append, records={},
+                  arch=arch)
+    resumed = METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
+    assert any("after reallocation round 1" in line for line in logs)
+    def untimed(steps):
+        return [{k: v for k, v in s.items() if not k.endswith("_seconds")} for s in steps]
+
+    assert untimed(ctx.records["growth_steps"]) == untimed(whole.records["growth_steps"])
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b)
