@@ -197,16 +197,16 @@ def uniform_scratch(model: nn.Module, ctx: MethodContext) -> nn.Module:
     return small
 
 
-@METHODS.register("splitting")
-def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor",
-              one_schedule: bool = True, grow_options: dict | None = None) -> nn.Module:
-    """Energy-aware splitting (METHOD.md section 5): shrink the trained model to a seed costing
-    ``seed_fraction`` of the budget with the strongest pruning baseline (Taylor, keeping weights), then grow
-    it back to the budget by energy-aware splitting (steps of at most x1.4). Fine-tuning epochs: 30% after
+@METHODS.register("splitting-grow")
+def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor",
+                   one_schedule: bool = True, grow_options: dict | None = None) -> nn.Module:
+    """Seed and grow (the ``splitting`` default until reallocation beat it on validation data, README
+    Results): shrink the trained model to a seed costing ``seed_fraction`` of the budget with the strongest
+    pruning baseline (Taylor, keeping weights), then grow it back to the budget by energy-aware splitting
+    (steps of at most x1.4). Fine-tuning epochs: 30% after
     seeding, 20% spread over the growth steps, 50% final, the same total as every baseline; with
     ``one_schedule`` the phases follow one learning-rate schedule (each covers its part of it, as the
-    baselines' single fine-tune does) instead of restarting it. ``grow_options``: other
-    :class:`~energysplit.splitting.growth.GrowConfig` fields (the ablations' variants)."""
+    baselines' single fine-tune does) instead of restarting it. ``grow_options`` as in :func:`splitting`."""
     from .splitting.growth import Checkpoint, GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
@@ -244,18 +244,20 @@ def splitting(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, 
     return result.model
 
 
-@METHODS.register("splitting-realloc")
-def splitting_realloc(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
-                      grow_options: dict | None = None) -> nn.Module:
-    """Reallocation at constant budget: Taylor-prune to the budget, then ``rounds`` rounds of {prune
-    ``delta`` of the budget by Taylor importance per unit of saving; split the same cost back by
+@METHODS.register("splitting")
+def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
+              grow_options: dict | None = None) -> nn.Module:
+    """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
+    Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
+    importance per unit of saving; split the same cost back by
     energy-aware splitting (LP on lambda / T, filled to the budget as the growth's last step does);
     fine-tune}, then a final fine-tune. The model stays at the budget and only moves width between layers.
     Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
     their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
     every baseline. With ``ctx.workdir`` every finished round is checkpointed, and ``ctx.resume`` continues
-    after the last one. ``grow_options`` as in :func:`splitting`."""
+    after the last one. ``grow_options``: other :class:`~energysplit.splitting.growth.GrowConfig` fields (the
+    ablations' variants). Chosen over :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 
     from .splitting.growth import Checkpoint, GrowConfig, grow

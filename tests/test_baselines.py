@@ -129,11 +129,11 @@ def test_splitting_seeds_at_the_cheapest_model_when_its_seed_budget_is_unreachab
     logs = []
     ctx = _ctx(digits, flops, budget)
     ctx.log = logs.append
-    out = METHODS.get("splitting")(copy.deepcopy(model), ctx)
+    out = METHODS.get("splitting-grow")(copy.deepcopy(model), ctx)
     assert flops.predict(out, digits.input_shape).total <= budget
     assert any("below the cheapest pruned model" in line for line in logs)
     with pytest.raises(BudgetError, match="unreachable by pruning"):
-        METHODS.get("splitting")(copy.deepcopy(model), _ctx(digits, flops, 0.5 * floor.final_cost))
+        METHODS.get("splitting-grow")(copy.deepcopy(model), _ctx(digits, flops, 0.5 * floor.final_cost))
 
 
 def test_taylor_importance_ranks_a_dead_channel_last(digits):

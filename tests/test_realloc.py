@@ -1,4 +1,4 @@
-"""Reallocation at constant budget (issue 17, item 1): ``splitting-realloc`` keeps the model at the budget
+"""Reallocation at constant budget (issue 17, item 1), the ``splitting`` method: it keeps the model at the budget
 through every round (pruned by delta, split back, filled), trains exactly the baselines' epochs on one
 schedule, and moves width between layers."""
 import copy
@@ -29,7 +29,7 @@ def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
     model, data, energy, budget = setup
     runs = []
     ctx = _ctx(data, energy, budget, runs)
-    out = METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
+    out = METHODS.get("splitting")(copy.deepcopy(model), ctx)
     assert energy.predict(out, data.input_shape).total <= budget
     rounds = ctx.records["growth_steps"]  # one record per round that split
     assert [r["step"] for r in rounds] == [1, 2, 3] and all(r["split_per_group"] for r in rounds)
@@ -41,7 +41,7 @@ def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
 def test_realloc_moves_width_where_taylor_alone_does_not(setup):
     model, data, energy, budget = setup
     taylor = METHODS.get("taylor")(copy.deepcopy(model), _ctx(data, energy, budget, []))
-    realloc = METHODS.get("splitting-realloc")(copy.deepcopy(model), _ctx(data, energy, budget, []))
+    realloc = METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []))
     shape = data.input_shape
     assert build_inventory(realloc, shape).widths() != build_inventory(taylor, shape).widths()
     assert realloc.eval()(torch.randn(2, *shape)).shape == (2, 10)
@@ -54,7 +54,7 @@ def test_an_interrupted_realloc_resumes_to_the_same_model(setup, tmp_path):
 
     model, data, energy, budget = setup
     whole = _ctx(data, energy, budget, [])
-    reference = METHODS.get("splitting-realloc")(copy.deepcopy(model), whole)
+    reference = METHODS.get("splitting")(copy.deepcopy(model), whole)
 
     class Killed(Exception):
         pass
@@ -66,12 +66,12 @@ def test_an_interrupted_realloc_resumes_to_the_same_model(setup, tmp_path):
     arch = {"name": "vgg_small", "kwargs": {"width": 0.25, "act": "silu"}}
     ctx = replace(_ctx(data, energy, budget, []), workdir=tmp_path, on_train=kill_in_round_2, arch=arch)
     with pytest.raises(Killed):
-        METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
+        METHODS.get("splitting")(copy.deepcopy(model), ctx)
     assert (tmp_path / "model.es").exists()
     logs = []
     ctx = replace(_ctx(data, energy, budget, []), workdir=tmp_path, resume=True, log=logs.append, records={},
                   arch=arch)
-    resumed = METHODS.get("splitting-realloc")(copy.deepcopy(model), ctx)
+    resumed = METHODS.get("splitting")(copy.deepcopy(model), ctx)
     assert any("after reallocation round 1" in line for line in logs)
     def untimed(steps):
         return [{k: v for k, v in s.items() if not k.endswith("_seconds")} for s in steps]
