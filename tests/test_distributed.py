@@ -183,7 +183,9 @@ def test_only_rank_zero_writes_outputs_and_checkpoints(two_ranks):
     assert {"model.es", "report.json", "state.json"} <= written  # outputs and growth checkpoints
     assert (out / "compress" / "report.json").is_file() and not (out / "compress" / ".work").exists()
     assert a["report"] == b["report"] and a["report"]["growth_steps"]
-    assert stdout.count("step 1: split") == 1  # rank 0 logs, rank 1 is quiet
+    # rank 0 logs one line per reallocation round that split (each round is its own one-step growth), rank 1
+    # is quiet
+    assert stdout.count("step 1: split") == len(a["report"]["growth_steps"])
 
 
 def test_the_benchmark_writes_on_rank_zero_only(two_ranks):
