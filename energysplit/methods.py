@@ -203,10 +203,10 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
     """Seed and grow (the ``splitting`` default until reallocation beat it on validation data, README
     Results): shrink the trained model to a seed costing ``seed_fraction`` of the budget with the strongest
     pruning baseline (Taylor, keeping weights), then grow it back to the budget by energy-aware splitting
-    (steps of at most x1.4). Fine-tuning epochs: 30% after
-    seeding, 20% spread over the growth steps, 50% final, the same total as every baseline; with
-    ``one_schedule`` the phases follow one learning-rate schedule (each covers its part of it, as the
-    baselines' single fine-tune does) instead of restarting it. ``grow_options`` as in :func:`splitting`."""
+    (steps of at most x1.4). Fine-tuning epochs: 30% after seeding, 20% spread over the growth steps, 50%
+    final, the same total as every baseline; with ``one_schedule`` the phases follow one learning-rate
+    schedule (each covers its part of it, as the baselines' single fine-tune does) instead of restarting
+    it. ``grow_options`` as in :func:`splitting`."""
     from .splitting.growth import Checkpoint, GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
@@ -249,9 +249,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
               grow_options: dict | None = None) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
-    importance per unit of saving; split the same cost back by
-    energy-aware splitting (LP on lambda / T, filled to the budget as the growth's last step does);
-    fine-tune}, then a final fine-tune. The model stays at the budget and only moves width between layers.
+    importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
+    filled to the budget as the growth's last step does); fine-tune}, then a final fine-tune. The model stays at the budget and only moves width between layers.
     Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
     their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as

@@ -38,6 +38,7 @@ def test_step_caps_combine_max_widths_and_layer_growth():
     assert step_caps(widths, widths, None, None) is None
     assert step_caps(widths, widths, {"a": 12}, None) == {"a": 2}
     assert step_caps(widths, widths, None, 2.0) == {"a": 10, "b": 4, "c": 7}
+    assert step_caps(widths, widths, None, 3.0) == {"a": 20, "b": 8, "c": 14}  # a layer may triple
     assert step_caps(widths, widths, {"a": 12, "b": 100}, 1.5) == {"a": 2, "b": 2, "c": 3}
     with pytest.raises(ConfigError, match="layer_growth"):
         GrowConfig(layer_growth=1.0)

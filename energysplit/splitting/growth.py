@@ -18,6 +18,7 @@ resumes from its last completed step with ``resume=True`` and reaches the same r
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -67,7 +68,7 @@ class GrowConfig:
     # a step adds at most (layer_growth - 1) x a group's width to it (reference: 2, a layer at most doubles)
     layer_growth: float | None = None
     # select by lambda x ||theta||^2 (theta: the neuron's producer weights), invariant to the scale of a
-    # filter feeding BatchNorm; the raw lambda is lambda / ||theta||^2-like and favours small filters
+    # filter feeding BatchNorm; the raw lambda scales as 1 / ||theta||^2 there and favours small filters
     scale_invariant: bool = False
 
     def __post_init__(self):
@@ -284,7 +285,7 @@ def step_caps(widths: dict[str, int], groups, max_widths: dict | None, layer_gro
         if max_widths is not None and g in max_widths:
             caps[g] = max(0, max_widths[g] - widths[g])
         if layer_growth is not None:
-            caps[g] = min(caps.get(g, widths[g]), int((layer_growth - 1) * widths[g]))
+            caps[g] = min(caps.get(g, math.inf), int((layer_growth - 1) * widths[g]))
     return caps
 
 
