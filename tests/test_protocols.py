@@ -160,3 +160,21 @@ def test_every_budget_of_the_grow_profiles_is_reachable_from_its_seed(name):
         for _, fraction in config.budgets:
             plan = plan_seed(arch, estimator, fraction * full, shape, config.growth)
             assert plan.cost < fraction * full <= plan.reachable and plan.steps >= 1
+
+
+def test_scratch_rebuilds_a_narrow_architecture_whose_topology_differs_at_full_width():
+    """MobileNetV2 at x0.03 has a residual add that x0.5 lacks (a block's in and out widths round alike):
+    its widths cannot be resized onto x0.5, so the scratch protocol builds it at a width with its groups."""
+    from energysplit.graph.archive import resize_
+    from energysplit.graph.trace import build_inventory
+    from energysplit.pipeline.protocols import _build_width
+    from energysplit.pipeline.seed_growth import build
+
+    arch, shape = {"name": "mobilenet_v2"}, (1, 28, 28)
+    narrow = build_inventory(build(arch, 0.03), shape).widths()
+    assert set(narrow) != set(build_inventory(build(arch, 0.5), shape).groups)
+    width = _build_width(arch, narrow, 0.5, shape)
+    model = build(arch, width)
+    resize_(model, narrow, shape)
+    assert build_inventory(model, shape).widths() == narrow
+    assert _build_width(arch, build_inventory(build(arch, 0.5), shape).widths(), 0.5, shape) == 0.5

@@ -174,11 +174,27 @@ def scratch_method(job: tuple, config, ctx, out: Path) -> nn.Module:
         found = sources[0]
     widths = json.loads(found.read_text())["widths"]
     seed_everything(seed)
-    model = build(arch, config.width)
+    model = build(arch, _build_width(arch, widths, config.width, ctx.input_shape))
     resize_(model, widths, ctx.input_shape)
     reinitialise_(model)
     train_model(model, ctx, replace(ctx.train, seed=seed), "train from scratch", val=ctx.data.val)
     return model
+
+
+def _build_width(arch: dict, widths: dict, width: float, input_shape) -> float:
+    """A width multiplier at which ``arch`` has the neuron groups of ``widths``: ``width``, or else the narrowest
+    of 200 steps up to it that does. Some zoo models change topology with the width (MobileNetV2 adds a
+    residual where a block's input and output widths round alike), so a model grown from a narrow seed, or
+    a narrow width multiplier, can have fewer groups than the architecture at ``width``; every multiplier
+    with the same groups gives the same model once resized."""
+    from ..graph.trace import build_inventory
+    from .seed_growth import build
+
+    for f in [width] + [width * k / 200 for k in range(1, 200)]:
+        if set(build_inventory(build(arch, f), input_shape).groups) == set(widths):
+            return f
+    raise ConfigError(f"no width multiplier of {arch['name']} up to {width:g} has the saved architecture's "
+                      "neuron groups; was it saved from another architecture?")
 
 
 def reinitialise_(model: nn.Module) -> nn.Module:
