@@ -21,9 +21,13 @@ def test_tiny_benchmark_runs_end_to_end_and_resumes(tmp_path):
         assert 0.0 <= float(row["test_accuracy"]) <= 1.0 and float(row["cpu_ms"]) > 0
     for name in ("summary.csv", "summary.md", "pareto.png", "config.json"):
         assert (out / name).exists(), name
-    # a second run skips every finished row
-    run_benchmark(config, out, log=lambda s: None)
-    assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)
+    # a second run skips every finished row and retries the failed one (still failing: one row again)
+    logs = []
+    run_benchmark(config, out, log=logs.append)
+    again = list(csv.DictReader(open(out / "results.csv")))
+    assert len(again) == len(rows) and again[-1]["method"] == "no-such-method" and again[-1]["status"] == "failed"
+    assert [r for r in again if r["status"] == "ok"] == [r for r in rows if r["status"] == "ok"]
+    assert any("retrying 1 failed jobs" in line for line in logs)
 
 
 def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
 from .protocols import PROTOCOLS, base_model, check_protocol, protocol_changes, run_method
 from .protocols import jobs as protocol_jobs
@@ -94,6 +95,23 @@ def profile(name: str, protocol: str = "compress") -> BenchConfig:
 
 def _row_key(row: dict) -> tuple:
     return (row["model"], row["target"], row["budget_name"], row["method"], str(row["seed"]))
+
+
+def _drop_failed(path: Path, log) -> None:
+    """Resuming retries the jobs that failed: their rows leave the CSV (rewritten atomically)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    kept = [r for r in rows if r.get("status") in ("ok", None)]
+    if len(kept) < len(rows):
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, text.getvalue())
+        log(f"retrying {len(rows) - len(kept)} failed jobs (their rows left results.csv)")
 
 
 def _done_rows(path: Path) -> dict:
@@ -186,6 +204,8 @@ def _run_benchmark(config: BenchConfig, out: Path, command: str, log, worker: bo
     log = main_only(log)  # data-parallel runs (torchrun): every rank computes, rank 0 alone writes and logs
     if is_main():
         _record_run(out, config, command, worker)
+        if not worker:  # workers share the CSV while it grows: failed jobs are retried by a plain resume
+            _drop_failed(out / "results.csv", log)
     barrier()
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:
