@@ -15,6 +15,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
   = 2, the reference's per-step cap).
 - splitting-grow-invariant / splitting-invariant: neurons ranked by lambda x ||theta||^2, the score
   invariant to the scale of a filter feeding BatchNorm (GrowConfig.scale_invariant).
+- splitting-grow-joint / splitting-joint: residual streams split jointly in all their producers
+  (GrowConfig.residual = "joint"; energysplit.splitting.joint) instead of kept frozen. MobileNetV2's streams
+  are linear (S = 0: never chosen by the LP); it matters on ResNets.
 """
 import functools
 import sys
@@ -27,11 +30,12 @@ LINEAR0 = {"curvature": CurvatureConfig(linear="zero")}
 PADDED = {"pad_blocks": True}
 CAPS2 = {"layer_growth": 2.0}
 INVARIANT = {"scale_invariant": True}
+JOINT = {"residual": "joint"}
 VARIANTS = {
     "splitting-grow-seed50": functools.partial(splitting_grow, seed_fraction=0.5),
     "splitting-grow-seed85": functools.partial(splitting_grow, seed_fraction=0.85),
 }
-for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT}.items():
+for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)
 

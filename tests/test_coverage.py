@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from energysplit.graph.plan import Plan, Split
+from energysplit.graph.surgery import direction_shape
 from energysplit.graph.trace import build_inventory
 
 _PATH = Path(__file__).resolve().parents[1] / "tools" / "coverage.py"
@@ -106,7 +107,7 @@ def test_a_wrong_split_is_reported_broken(monkeypatch):
     """A split that does not preserve the function (eps > 0) must make the model 'broken', not 'handled'."""
     def bad_split_plan(model, inventory, gen):
         g = inventory.splittable()[0]
-        v = torch.ones(model.get_submodule(g.producers[0]).weight[0].shape)
+        v = torch.ones(direction_shape(model, g.producers))
         return Plan([Split(g.id, 0, v / v.norm(), 0.5)])
 
     monkeypatch.setattr(coverage, "split_plan", bad_split_plan)

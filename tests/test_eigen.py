@@ -352,8 +352,8 @@ def test_inventory_not_matching_the_forward_is_a_clear_error():
     with pytest.raises(UnsupportedModelError, match="chain of group conv1:out did not run as traced"):
         splitting_scores(model, [(x, y)], inv, "fast", config=FastConfig(passes=1))
     assert hooks_of(model) == 0
-    coupled = inventory(Group("r", 4, ("conv1", "conv2")))
-    with pytest.raises(UnsupportedModelError, match="2 producers"):
+    coupled = inventory(Group("r", 4, ("conv1", "conv2")))  # conv2 has another width: not one residual stream
+    with pytest.raises(UnsupportedModelError, match="producer conv2 of group r has .* the inventory does not match"):
         splitting_scores(model, [(x, y)], coupled, "exact")
 
 

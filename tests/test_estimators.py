@@ -145,7 +145,7 @@ def test_flops_of_attention_and_products_match_the_counters(counter):
 
 
 def _some_groups(inventory, n=4):
-    """A few groups of every kind: residual-coupled (not splittable) and plain ones."""
+    """A few groups of every kind: residual streams (several producers) and plain ones."""
     groups = [g for g in inventory if g.prunable]
     coupled = [g for g in groups if len(g.producers) > 1][:2]
     plain = [g for g in groups if len(g.producers) == 1][:n]

@@ -37,7 +37,7 @@ def test_mobilenet_v2_facts():
     assert [c.module for c in exp.consumers] == ["features.3.conv.2"]
     res = inv["features.2.conv.2:out"]  # stage 24: two blocks joined by a residual add
     assert res.producers == ("features.2.conv.2", "features.3.conv.2")
-    assert not res.splittable and res.prunable and res.reason == RESIDUAL
+    assert res.splittable and res.prunable and res.reason == f"{RESIDUAL} (2 producers)"  # split jointly
     assert [c.module for c in res.consumers] == ["features.3.conv.0.0", "features.4.conv.0.0"]
     single = inv["features.1.conv.1:out"]  # first projection: no residual, a linear neuron
     assert single.splittable and kinds(single) == ["bn"]
@@ -64,7 +64,7 @@ def test_vgg_flatten_repeat_and_linear_chain():
 def test_resnet18_torchvision_couples_stem_with_stage():
     inv = build_inventory(tv.models.resnet18(weights=None), (3, 32, 32))
     g = inv["conv1:out"]
-    assert g.producers == ("conv1", "layer1.0.conv2", "layer1.1.conv2") and g.reason == RESIDUAL
+    assert g.producers == ("conv1", "layer1.0.conv2", "layer1.1.conv2") and g.reason == f"{RESIDUAL} (3 producers)"
     assert set(inv["layer2.0.conv2:out"].producers) == {"layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"}
 
 
@@ -106,7 +106,7 @@ def test_custom_concat_add_flatten():
     assert kinds(inv["b:out"]) == ["bn", ("act", "tanh")]
     assert inv["b:out"].chain[1].target == "torch.tanh"
     c = inv["c:out"]
-    assert c.producers == ("c", "d") and c.reason == RESIDUAL and c.prunable
+    assert c.producers == ("c", "d") and c.reason.startswith(RESIDUAL) and c.prunable
     head = {x.module: x for x in c.consumers}["head"]
     assert (head.offset, head.repeat) == (0, 16)
     one = inv["one:out"]
@@ -187,7 +187,7 @@ def test_inspect_cli_prints_groups(capsys):
     lines = capsys.readouterr().out.splitlines()
     row = next(line.split() for line in lines if line.startswith("features.3.conv.0.0:out"))
     assert row[1:] == ["144", "bn,relu6,dw,bn,relu6", "splittable"]
-    assert any(line.startswith("features.2.conv.2:out") and "prunable only: residual-coupled" in line for line in lines)
+    assert any(line.startswith("features.2.conv.2:out") and "splittable" in line for line in lines)
     assert any(line.startswith("classifier.1:out") and "frozen: model output" in line for line in lines)
     assert main(["inspect", "torchvision:resnet18", "--input-shape", "3,32,32", "--json"]) == 0
     import json

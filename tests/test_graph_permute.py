@@ -37,7 +37,7 @@ class Shuffle(nn.Module):
 def test_shuffle_couples_the_parts_and_interleaves_their_columns():
     inv = build_inventory(Shuffle(), (3, 6, 6))
     g = inv["p:out"]
-    assert g.producers == ("p", "q") and g.prunable and not g.splittable
+    assert g.producers == ("p", "q") and g.prunable and g.splittable  # coupled widths: one joint neuron per pair
     assert g.consumers == (Consumer("c", 0, 2),) and g.partial_followers == (Consumer("bn", 0, 2),)
     assert inv["d:out"].producers == ("d", "e")  # the chunk's pieces are coupled: they keep equal widths
 

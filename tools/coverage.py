@@ -38,7 +38,7 @@ from torch import nn
 import energysplit
 from energysplit.errors import UnsupportedModelError, first_line
 from energysplit.graph.plan import Plan, Remove, Split
-from energysplit.graph.surgery import apply_plan_
+from energysplit.graph.surgery import apply_plan_, direction_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "coverage.md"
@@ -112,12 +112,12 @@ def _channels(group, gen) -> list[int]:
 
 def split_plan(model, inventory, gen) -> Plan:
     """An eps = 0 split of one channel per block of every prunable group: a random unit direction where
-    the group is splittable, a pure duplicate (the only split a coupled group allows) elsewhere."""
+    the group is splittable (flat over the producers of a residual stream), a pure duplicate elsewhere."""
     ops = []
     for g in inventory:
         for c in _channels(g, gen) if g.prunable else ():
             if g.splittable:
-                v = torch.randn(model.get_submodule(g.producers[0]).weight[c].shape, generator=gen)
+                v = torch.randn(direction_shape(model, g.producers), generator=gen)  # flat for a residual stream
                 ops.append(Split(g.id, c, v / v.norm(), 0.0))
             else:
                 ops.append(Split(g.id, c))

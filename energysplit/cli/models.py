@@ -103,7 +103,8 @@ def run_inspect(args) -> int:
         print(json.dumps([g.to_dict() for g in inv], indent=2))
         return 0
     table = pd.DataFrame([(g.id, g.width, ",".join(op.act or op.kind for op in g.chain),
-                           "splittable" if g.splittable else ("prunable only: " if g.prunable else "frozen: ") + g.reason)
+                           ("splittable" + (f": {g.reason}" if len(g.producers) > 1 else "")) if g.splittable
+                           else ("prunable only: " if g.prunable else "frozen: ") + g.reason)
                           for g in inv], columns=["group", "width", "chain", "status"])
     print(table.to_markdown(index=False, tablefmt="plain"))
     print(f"{len(inv)} groups on input {tuple(shape)}: {len(inv.splittable())} splittable, "

@@ -18,7 +18,7 @@ from torch import fx
 from ..errors import UnsupportedModelError
 from .inventory import ChainOp, Consumer, Group
 
-RESIDUAL = "residual-coupled: joint splitting not supported"
+RESIDUAL = "residual stream: split jointly"  # :mod:`energysplit.splitting.joint`
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ChannelGraph:
         first = min(k for k in keys if k not in self.gates and self.producer[k])
         chain, note = (), ""
         if len(producers) > 1:
-            marks.append((False, True, RESIDUAL))
+            note = f"{RESIDUAL} ({len(producers)} producers)"
         else:
             ends = [e for k in keys if k not in self.gates for e in self.ends[k]]
             chain = common_prefix([c for c, _ in ends])

@@ -9,6 +9,8 @@ leaves the function unchanged. Remove deletes the
 channel's rows, follower entries and consumer columns. The perturbation is added in the producer's
 original input coordinates before its own input columns are expanded, so when its input channel is
 split in the same plan the entries of v are copied into both copies and halved (v^T x preserved).
+A residual stream's channel (a group with several producers) is split jointly: ``direction`` is then one flat
+unit vector over every producer's ``weight[channel]``, in ``group.producers`` order (:func:`joint_slices`).
 Modules get new Parameter objects and updated size attributes: build a fresh optimizer afterwards.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ class _Edit:
     perturb: list[tuple[int, float, torch.Tensor]]  # (new position, signed eps, direction) for producers
 
 
-def _group_edits(inventory: Inventory, plan: Plan) -> dict[str, _Edit]:
+def group_edits(inventory: Inventory, plan: Plan) -> dict[str, _Edit]:
     """Per group: kept channels then split copies, block by block (one block unless a grouped conv cuts
     the group into several; a split copy stays in its own block)."""
     edits = {}
@@ -64,14 +66,30 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.in_channels == m.out_channels > 1
 
 
+def joint_slices(model: nn.Module, producers) -> dict[str, slice]:
+    """Where each producer's ``weight[channel]`` sits in a residual stream's flat joint direction."""
+    out, start = {}, 0
+    for name in producers:
+        size = model.get_submodule(name).weight[0].numel()
+        out[name], start = slice(start, start + size), start + size
+    return out
+
+
+def direction_shape(model: nn.Module, producers) -> tuple[int, ...]:
+    """The shape of a split direction: the producer's ``weight[channel]``, or flat over several producers."""
+    if len(producers) == 1:
+        return tuple(model.get_submodule(producers[0]).weight.shape[1:])
+    return (max(s.stop for s in joint_slices(model, producers).values()),)
+
+
 def _check(model: nn.Module, inventory: Inventory, plan: Plan, edits: dict[str, _Edit]) -> None:
     for op in plan:
         g = inventory[op.group]
         if isinstance(op, Split) and op.direction is not None and op.eps > 0:
-            expected = tuple(model.get_submodule(g.producers[0]).weight.shape[1:])
+            expected = direction_shape(model, g.producers)
             if tuple(op.direction.shape) != expected:
                 raise EnergySplitError(f"Split({g.id}, {op.channel}): direction has shape {tuple(op.direction.shape)}, "
-                                       f"the producer's weight[channel] has shape {expected}")
+                                       f"the producers' weight[channel] need {expected}")
     for gid, edit in edits.items():
         dw = [f for f in inventory[gid].followers if _is_depthwise(model.get_submodule(f))]
         if len(edit.index) == 1 and dw:
@@ -96,14 +114,15 @@ def apply_plan_(model: nn.Module, inventory: Inventory, plan: Plan) -> Inventory
     from .trace import build_inventory
 
     plan.validate(inventory)
-    edits = _group_edits(inventory, plan)
+    edits = group_edits(inventory, plan)
     _check(model, inventory, plan, edits)
-    rows: dict[str, tuple[_Edit, bool]] = {}
+    rows: dict[str, tuple[_Edit, slice | bool]] = {}  # producers: their part of the direction (True: all)
     cols: dict[str, list[tuple[Consumer, _Edit, int]]] = defaultdict(list)
     parts: dict[str, list[tuple[Consumer, _Edit, int]]] = defaultdict(list)
     for gid, edit in edits.items():
         g = inventory[gid]
-        rows.update({p: (edit, True) for p in g.producers})
+        parts_of = joint_slices(model, g.producers) if len(g.producers) > 1 else {g.producers[0]: True}
+        rows.update({p: (edit, parts_of[p]) for p in g.producers})
         rows.update({f: (edit, False) for f in g.followers})
         for c in g.consumers:
             cols[c.module].append((c, edit, g.width))
@@ -189,9 +208,9 @@ def _edit_module(m: nn.Module, name: str, row, cols) -> None:
     if row is not None:
         edit, producer = row
         weight = _take(weight, edit.index)
-        if producer:  # +-eps*v in the original input coordinates, before the columns expand
+        if producer is not False:  # +-eps*v in the original input coordinates, before the columns expand
             for j, eps, v in edit.perturb:
-                weight[j] += eps * v.to(weight)
+                weight[j] += eps * (v if producer is True else v[producer].view_as(weight[j])).to(weight)
         bias = None if bias is None else _take(bias, edit.index)
     if cols:
         weight = _read_columns(weight, 1 if depthwise or isinstance(m, nn.Linear) else m.groups, cols)

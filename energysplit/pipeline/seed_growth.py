@@ -6,7 +6,7 @@ is trained. One total of epochs is shared by the phases (seed, growth steps, fin
 costs the same training epochs as a network trained from scratch.
 
 The architecture at its given width is the design space: no group grows past its width there (the
-caps), and residual-coupled groups, which are not split, keep the seed's width. Used by ``energysplit
+caps), and residual streams, which growth keeps frozen (``GrowConfig.residual``), keep the seed's width. Used by ``energysplit
 grow`` (:mod:`.design`) and the benchmark's growth protocol (:mod:`.protocols`).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ class SeedGrowth:
     """The growth recipe. The defaults are untuned: none was chosen on validation data yet.
 
     ``seed_fraction`` 0.4: at 0.25 MobileNetV2 x0.5's seed for 25% of ``mobile`` is the zoo's narrowest
-    model, which cannot reach that budget (its residual-coupled groups keep the seed's width); 0.4 (the
+    model, which cannot reach that budget (its residual streams keep the seed's width); 0.4 (the
     issue's pilot: a x0.056 seed, 3 steps) can. Chosen for feasibility (:func:`plan_seed` alone, no accuracy
     looked at)."""
 
@@ -78,6 +78,7 @@ def plan_seed(arch: dict, estimator, budget: float, input_shape, recipe: SeedGro
     costs more, or the budget lies above what the caps allow)."""
     from ..graph.archive import resize_
     from ..graph.trace import build_inventory
+    from ..splitting.joint import is_joint
 
     full = arch.get("kwargs", {}).get("width", 1.0)
     unit = estimator.unit
@@ -101,13 +102,13 @@ def plan_seed(arch: dict, estimator, budget: float, input_shape, recipe: SeedGro
     inventory = build_inventory(seed, input_shape)
     max_widths = build_inventory(build(arch, full), input_shape).widths()
     reach = copy.deepcopy(seed)
-    splittable = {g.id for g in inventory.splittable()}
+    splittable = {g.id for g in inventory.splittable() if not is_joint(g)}  # growth keeps streams frozen
     resize_(reach, {g: max_widths[g] if g in splittable else w for g, w in inventory.widths().items()}, input_shape)
     reachable = estimator.predict(reach, input_shape).total
     if budget > reachable:
         raise BudgetError(f"budget {budget:.4g} {unit} is above what growth can reach: {arch['name']} x{full:g} "
                           f"grown from this seed costs at most {reachable:.4g} {unit} (groups grow to their width "
-                          "at --width, residual-coupled ones keep the seed's); lower the budget or raise --width")
+                          "at --width, residual streams keep the seed's); lower the budget or raise --width")
     steps = max(1, math.ceil(math.log(budget / cost) / math.log(recipe.step_growth) - 1e-9))
     return SeedPlan(width, cost, max_widths, reachable, steps)
 

@@ -83,7 +83,7 @@ class FastConfig:
             raise ConfigError("FastConfig needs 0 <= momentum < 1 and 0 < alpha < 1")
 
 
-def _unit_rows(t: Tensor) -> Tensor:
+def unit_rows(t: Tensor) -> Tensor:
     flat = t.reshape(len(t), -1)
     return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).view_as(t)
 
@@ -94,6 +94,15 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
     if not isinstance(config, FastConfig):
         raise TypeError(f"the fast solver takes a FastConfig, got {type(config).__name__}")
     trackers = _trackers(model, groups, curvature, config)
+    with ChainTaps(model, trackers) as taps:
+        ys = [t.y for t in trackers]
+        return rayleigh_descent(trackers, lambda x, target: _products(taps, ys, x, target, loss_fn), batches, config)
+
+
+def rayleigh_descent(trackers: list, products, batches, config: FastConfig) -> dict:
+    """The Rayleigh descent (module doc) of every tracker's unit directions ``v`` (rows: neurons; the RMSprop
+    parameters), given ``products(x, target)``: the minibatch S v of each tracker (None: S = 0). Returns
+    ``{tracker.group.id: GroupScores}``; under torch.distributed each rank computes its shard of every batch."""
     optimizer = torch.optim.RMSprop([{"params": [t.v]} for t in trackers], lr=config.lr, alpha=config.alpha,
                                     eps=EPS, momentum=config.momentum)  # one group each: its own eps
     sums = {t.group.id: _zero_sums(t.v) for t in trackers}
@@ -102,38 +111,36 @@ def fast_scores(model, batches, groups: list[Group], curvature: CurvatureConfig,
     schedule = _cosine(optimizer, config, steps_per_pass) if steps_per_pass else None
     reducer = _data_parallel()  # None in a single process
     bar = _progress(config, config.passes * steps_per_pass + warm if steps_per_pass else None)
-    with ChainTaps(model, trackers) as taps:
-        ys = [t.y for t in trackers]
+    vs = [t.v for t in trackers]
 
-        def step(x, target, last):
-            grads = (_products(taps, ys, x, target, loss_fn) if reducer is None else
-                     reducer.products(lambda xs, ts: _products(taps, ys, xs, ts, loss_fn), ys, x, target))
-            for tracker, sv in zip(trackers, grads):
-                _rayleigh_grad(tracker, sv, sums[tracker.group.id] if last else None)
-            _relative_eps(optimizer, config.alpha)
-            optimizer.step()
-            with torch.no_grad():
-                for tracker in trackers:
-                    tracker.v.copy_(_unit_rows(tracker.v))
-            if bar is not None:
-                bar.update(1)
+    def step(x, target, last):
+        grads = products(x, target) if reducer is None else reducer.products(products, vs, x, target)
+        for tracker, sv in zip(trackers, grads):
+            _rayleigh_grad(tracker, sv, sums[tracker.group.id] if last else None)
+        _relative_eps(optimizer, config.alpha)
+        optimizer.step()
+        with torch.no_grad():
+            for tracker in trackers:
+                tracker.v.copy_(unit_rows(tracker.v))
+        if bar is not None:
+            bar.update(1)
 
-        # warm-up: the first batches of the first pass at constant lr, so that the averaged pass starts
-        # from directions that already point roughly the right way (not averaged: they are the worst)
+    # warm-up: the first batches of the first pass at constant lr, so that the averaged pass starts
+    # from directions that already point roughly the right way (not averaged: they are the worst)
+    for i, (x, target) in enumerate(iterate_batches(batches, config.batch_size, shuffle=True,
+                                                    seed=config.seed) if warm else ()):
+        if i >= warm:
+            break
+        step(x, target, False)
+    for epoch in range(config.passes):
         for i, (x, target) in enumerate(iterate_batches(batches, config.batch_size, shuffle=True,
-                                                        seed=config.seed) if warm else ()):
-            if i >= warm:
-                break
-            step(x, target, False)
-        for epoch in range(config.passes):
-            for i, (x, target) in enumerate(iterate_batches(batches, config.batch_size, shuffle=True,
-                                                            seed=config.seed + epoch)):
-                step(x, target, epoch == config.passes - 1)
-                if schedule is not None:
-                    schedule.step()
-            if steps_per_pass is None:  # now known: the cosine takes over where the first pass ends
-                steps_per_pass = i + 1
-                schedule = _cosine(optimizer, config, steps_per_pass, done=steps_per_pass)
+                                                        seed=config.seed + epoch)):
+            step(x, target, epoch == config.passes - 1)
+            if schedule is not None:
+                schedule.step()
+        if steps_per_pass is None:  # now known: the cosine takes over where the first pass ends
+            steps_per_pass = i + 1
+            schedule = _cosine(optimizer, config, steps_per_pass, done=steps_per_pass)
     if bar is not None:
         bar.close()
     out = {t.group.id: _estimate(sums[t.group.id], config, t.v.dtype) for t in trackers}
@@ -162,7 +169,7 @@ def _trackers(model, groups: list[Group], curvature: CurvatureConfig, config: Fa
     for g in groups:
         tracker = JETS[config.engine](g, model, curvature, None, None)
         w = tracker.producer.weight
-        tracker.v = _unit_rows(torch.randn(w.shape, generator=gen, dtype=torch.float64)).to(w.device, w.dtype)
+        tracker.v = unit_rows(torch.randn(w.shape, generator=gen, dtype=torch.float64)).to(w.device, w.dtype)
         tracker.y = torch.zeros_like(w, requires_grad=True)
         trackers.append(tracker)
     return trackers
@@ -247,4 +254,4 @@ def _estimate(sums: dict, config: FastConfig, dtype: torch.dtype) -> GroupScores
         lam = (vbar * svbar).flatten(1).sum(1) / vbar.flatten(1).pow(2).sum(1).clamp_min(1e-300)
     else:
         lam = sums["r"] / n
-    return GroupScores(lam.to(dtype), _unit_rows(sums["v"]).to(dtype))
+    return GroupScores(lam.to(dtype), unit_rows(sums["v"]).to(dtype))

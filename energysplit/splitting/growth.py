@@ -70,6 +70,10 @@ class GrowConfig:
     # select by lambda x ||theta||^2 (theta: the neuron's producer weights), invariant to the scale of a
     # filter feeding BatchNorm; the raw lambda scales as 1 / ||theta||^2 there and favours small filters
     scale_invariant: bool = False
+    # residual streams (groups with several producers): "frozen" (keep their width) or "joint" (split
+    # jointly in every producer, :mod:`energysplit.splitting.joint`); frozen until a validation run shows
+    # joint splitting helps (MobileNetV2's linear streams have S = 0: no change there)
+    residual: str = "frozen"
 
     def __post_init__(self):
         if self.step_growth <= 1.0 or self.eps <= 0 or self.overselect < 1:
@@ -77,6 +81,8 @@ class GrowConfig:
                               f"{self.eps} and {self.overselect}")
         if self.score_samples < 1 or self.max_steps < 1 or self.channel_multiple < 1:
             raise ConfigError("score_samples, max_steps and channel_multiple must be >= 1")
+        if self.residual not in ("frozen", "joint"):
+            raise ConfigError(f"residual must be 'frozen' or 'joint', got {self.residual!r}")
         if self.layer_growth is not None and self.layer_growth <= 1.0:
             raise ConfigError(f"layer_growth must be > 1 (or None: no per-step cap), got {self.layer_growth}")
 
@@ -238,6 +244,7 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     from ..graph.surgery import apply_plan_
     from ..training.distributed import check_in_sync
     from .fast import FastConfig
+    from .joint import is_joint
     from .scores import splitting_scores
 
     input_shape = data.input_shape
@@ -246,9 +253,10 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     seed_everything(config.seed * 1000 + step)
     solver_config = FastConfig(progress=config.finetune.progress) if config.solver == "fast" else None
     # groups a grouped conv cuts into G blocks grow by units of one neuron per block (every block alike)
-    blocks = {g.id: g.blocks for g in inventory.splittable() if g.blocks > 1}
+    growing = [g for g in inventory.splittable() if config.residual == "joint" or not is_joint(g)]
+    blocks = {g.id: g.blocks for g in growing if g.blocks > 1}
     scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config,
-                              groups=[g.id for g in inventory.splittable()])
+                              groups=[g.id for g in growing])
     t1 = time.perf_counter()
     marginal = marginal_costs_of(estimator, model, inventory, input_shape, config.channel_multiple)
     costs = {gid: marginal[gid].add for gid in scores}
@@ -290,13 +298,14 @@ def step_caps(widths: dict[str, int], groups, max_widths: dict | None, layer_gro
 
 
 def scale_invariant_scores(model: nn.Module, inventory: Inventory, scores: dict) -> dict:
-    """``scores`` with every lambda times the squared norm of its neuron's weights in the group's producer."""
+    """``scores`` with every lambda times the squared norm of its neuron's weights in the group's producers."""
     from .solver import GroupScores
 
     out = {}
     for gid, s in scores.items():
-        weight = model.get_submodule(inventory[gid].producers[0]).weight.detach().cpu()
-        out[gid] = GroupScores(s.eigvals * weight.flatten(1).pow(2).sum(1).to(s.eigvals.dtype), s.eigvecs)
+        norms = sum(model.get_submodule(p).weight.detach().cpu().flatten(1).pow(2).sum(1)
+                    for p in inventory[gid].producers)
+        out[gid] = GroupScores(s.eigvals * norms.to(s.eigvals.dtype), s.eigvecs)
     return out
 
 

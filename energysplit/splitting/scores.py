@@ -30,6 +30,7 @@ from .._device import on_compute_device
 from ..errors import ConfigError
 from ..graph.inventory import Inventory
 from .curvature import CurvatureConfig
+from .joint import is_joint, joint_scores
 from .solver import SOLVERS, GroupScores, LossFn, evaluating
 
 
@@ -43,7 +44,8 @@ def splitting_scores(model: nn.Module, batches: Iterable | Dataset, inventory: I
     ``SOLVERS`` (``fast`` or ``exact``); config: that solver's config (:class:`energysplit.splitting.fast.FastConfig`
     or :class:`energysplit.splitting.exact.ExactConfig`), defaults if None. loss_fn: mean-reduced loss of
     ``(model(x), y)``, cross-entropy by default. groups: restrict to these group ids. Runs on the compute
-    device (:mod:`energysplit._device`); the scores come back on the CPU.
+    device (:mod:`energysplit._device`); the scores come back on the CPU. Residual streams (groups with
+    several producers) are scored jointly by :mod:`energysplit.splitting.joint`, their eigenvectors flat.
     """
     solver = SOLVERS.get(method)
     chosen = [g for g in inventory.splittable() if groups is None or g.id in set(groups)]
@@ -54,6 +56,11 @@ def splitting_scores(model: nn.Module, batches: Iterable | Dataset, inventory: I
     loss_fn = loss_fn or nn.functional.cross_entropy
     if not chosen:
         return {}
+    single, streams = [g for g in chosen if not is_joint(g)], [g for g in chosen if is_joint(g)]
+    scores = {}
     with on_compute_device(model), evaluating(model):
-        scores = solver(model, batches, chosen, curvature, config, loss_fn)
+        if single:
+            scores.update(solver(model, batches, single, curvature, config, loss_fn))
+        if streams:
+            scores.update(joint_scores(model, batches, inventory, streams, method, curvature, config, loss_fn))
     return {gid: GroupScores(s.eigvals.cpu(), s.eigvecs.cpu()) for gid, s in scores.items()}
