@@ -18,6 +18,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
 - splitting-grow-joint / splitting-joint: residual streams split jointly in all their producers
   (GrowConfig.residual = "joint"; energysplit.splitting.joint) instead of kept frozen. MobileNetV2's streams
   are linear (S = 0: never chosen by the LP); it matters on ResNets.
+- splitting-bn: reallocation with the BatchNorm statistics re-estimated on 20 training batches after every
+  pruning, so each round scores the pruned network as it computes (``splitting(recalibrate=20)``);
+  splitting-bn-delta05: the same, moving 5% of the budget per round instead of 10%.
 """
 import functools
 import sys
@@ -35,6 +38,8 @@ VARIANTS = {
     "splitting-grow-seed50": functools.partial(splitting_grow, seed_fraction=0.5),
     "splitting-grow-seed85": functools.partial(splitting_grow, seed_fraction=0.85),
 }
+VARIANTS["splitting-bn"] = functools.partial(splitting, recalibrate=20)
+VARIANTS["splitting-bn-delta05"] = functools.partial(splitting, recalibrate=20, delta=0.05)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)

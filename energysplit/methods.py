@@ -246,7 +246,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
-              grow_options: dict | None = None) -> nn.Module:
+              grow_options: dict | None = None, recalibrate: int = 0) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -256,10 +256,17 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
     every baseline. With ``ctx.workdir`` every finished round is checkpointed, and ``ctx.resume`` continues
     after the last one. ``grow_options``: other :class:`~energysplit.splitting.growth.GrowConfig` fields (the
-    ablations' variants). Chosen over :func:`splitting_grow` on validation data (README, Results)."""
+    ablations' variants). ``recalibrate``: after every pruning, re-estimate the BatchNorm statistics on this
+    many training batches (:mod:`energysplit.training.bn_stats`) so that the round's splitting scores see
+    the pruned network as it computes, not with its parent's statistics (0: off). Chosen over
+    :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 
     from .splitting.growth import Checkpoint, GrowConfig, grow
+    from .training.bn_stats import recalibrate_on_
+
+    def pruned(seed: int) -> None:
+        recalibrate_on_(model, ctx.data.train, recalibrate, ctx.train.batch_size, seed)
 
     n, epochs = rounds + 1, ctx.train.epochs
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
@@ -272,7 +279,9 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         _prune(model, ctx, "taylor")
     saving = replace(ctx, cost_aware=True)
     for r in range(done, rounds):
+        pruned(ctx.seed * 100 + r)  # after the first pruning, or after the last round's fine-tune
         _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True)
+        pruned(ctx.seed * 100 + r)
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
                             channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,

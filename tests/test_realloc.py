@@ -79,3 +79,20 @@ def test_an_interrupted_realloc_resumes_to_the_same_model(setup, tmp_path):
     assert untimed(ctx.records["growth_steps"]) == untimed(whole.records["growth_steps"])
     for a, b in zip(resumed.state_dict().values(), reference.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_realloc_can_recalibrate_batchnorm_after_every_pruning(setup, monkeypatch):
+    """``recalibrate=N``: the pruned network's BatchNorm statistics are re-estimated (N training batches)
+    before each round's Taylor ranking and again before its splitting scores; off by default."""
+    from energysplit.training import bn_stats
+
+    model, data, energy, budget = setup
+    calls = []
+    real = bn_stats.recalibrate_on_
+    monkeypatch.setattr(bn_stats, "recalibrate_on_", lambda m, train, batches, *a: calls.append(batches) or
+                        real(m, train, batches, *a))
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=2, recalibrate=3)
+    assert calls == [3, 3, 3, 3]
+    calls.clear()
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=2)
+    assert calls == [0, 0, 0, 0]  # called, does nothing
