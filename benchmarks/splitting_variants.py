@@ -19,8 +19,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
   (GrowConfig.residual = "joint"; energysplit.splitting.joint) instead of kept frozen. MobileNetV2's streams
   are linear (S = 0: never chosen by the LP); it matters on ResNets.
 - splitting-bn: reallocation with the BatchNorm statistics re-estimated on 20 training batches after every
-  pruning, so each round scores the pruned network as it computes (``splitting(recalibrate=20)``);
-  splitting-bn-delta05: the same, moving 5% of the budget per round instead of 10%.
+  pruning, so each round scores the pruned network as it computes (``splitting(recalibrate=20)``, the
+  default since the tuning run tune-bn-medium-9352f2b); splitting-bn-delta05: the same, moving 5% of the
+  budget per round instead of 10%; splitting-nobn: without it (the default before, ``recalibrate=0``).
 """
 import functools
 import sys
@@ -40,6 +41,7 @@ VARIANTS = {
 }
 VARIANTS["splitting-bn"] = functools.partial(splitting, recalibrate=20)
 VARIANTS["splitting-bn-delta05"] = functools.partial(splitting, recalibrate=20, delta=0.05)
+VARIANTS["splitting-nobn"] = functools.partial(splitting, recalibrate=0)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)

@@ -246,7 +246,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
-              grow_options: dict | None = None, recalibrate: int = 0) -> nn.Module:
+              grow_options: dict | None = None, recalibrate: int = 20) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -258,7 +258,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     after the last one. ``grow_options``: other :class:`~energysplit.splitting.growth.GrowConfig` fields (the
     ablations' variants). ``recalibrate``: after every pruning, re-estimate the BatchNorm statistics on this
     many training batches (:mod:`energysplit.training.bn_stats`) so that the round's splitting scores see
-    the pruned network as it computes, not with its parent's statistics (0: off). Chosen over
+    the pruned network as it computes, not with its parent's statistics (0: off; 20, the default, was
+    chosen on validation data: benchmarks/results/tune-bn-medium-9352f2b). Chosen over
     :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 

@@ -83,7 +83,7 @@ def test_an_interrupted_realloc_resumes_to_the_same_model(setup, tmp_path):
 
 def test_realloc_can_recalibrate_batchnorm_after_every_pruning(setup, monkeypatch):
     """``recalibrate=N``: the pruned network's BatchNorm statistics are re-estimated (N training batches)
-    before each round's Taylor ranking and again before its splitting scores; off by default."""
+    before each round's Taylor ranking and again before its splitting scores; 20 batches by default."""
     from energysplit.training import bn_stats
 
     model, data, energy, budget = setup
@@ -94,5 +94,8 @@ def test_realloc_can_recalibrate_batchnorm_after_every_pruning(setup, monkeypatc
     METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=2, recalibrate=3)
     assert calls == [3, 3, 3, 3]
     calls.clear()
-    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=2)
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=2, recalibrate=0)
     assert calls == [0, 0, 0, 0]  # called, does nothing
+    calls.clear()
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=1)
+    assert calls == [20, 20]
