@@ -65,11 +65,12 @@ def _finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "
     return train_model(model, ctx, replace(ctx.train, epochs=epochs, seed=ctx.seed), desc, val=ctx.data.val)
 
 
-def _prune(model, ctx: MethodContext, criterion: str, budget: float | None = None, best_effort: bool = False):
+def _prune(model, ctx: MethodContext, criterion: str, budget: float | None = None, best_effort: bool = False,
+           keep: frozenset = frozenset()):
     from .pruning.prune import PruneConfig, prune_
 
     cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,
-                      channel_multiple=ctx.channel_multiple, best_effort=best_effort)
+                      channel_multiple=ctx.channel_multiple, best_effort=best_effort, keep=keep)
     batches = _taylor_batches(ctx) if criterion == "taylor" else None
     result = prune_(model, ctx.estimator, ctx.budget if budget is None else budget, ctx.input_shape, criterion,
                     batches, cfg, ctx.seed)
@@ -246,7 +247,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
-              grow_options: dict | None = None, recalibrate: int = 20) -> nn.Module:
+              grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = True) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -259,11 +260,14 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     ablations' variants). ``recalibrate``: after every pruning, re-estimate the BatchNorm statistics on this
     many training batches (:mod:`energysplit.training.bn_stats`) so that the round's splitting scores see
     the pruned network as it computes, not with its parent's statistics (0: off; 20, the default, was
-    chosen on validation data: benchmarks/results/tune-bn-medium-9352f2b). Chosen over
+    chosen on validation data: benchmarks/results/tune-bn-medium-9352f2b). ``prune_frozen=False``: a round
+    prunes only groups its split can grow back (not the residual streams that growth keeps frozen), so width
+    moves only between growable groups. Chosen over
     :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 
-    from .splitting.growth import Checkpoint, GrowConfig, grow
+    from .graph.trace import build_inventory
+    from .splitting.growth import Checkpoint, GrowConfig, grow, growable
     from .training.bn_stats import recalibrate_on_
 
     def pruned(seed: int) -> None:
@@ -281,12 +285,14 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     saving = replace(ctx, cost_aware=True)
     for r in range(done, rounds):
         pruned(ctx.seed * 100 + r)  # after the first pruning, or after the last round's fine-tune
-        _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True)
-        pruned(ctx.seed * 100 + r)
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
                             channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,
                             **(grow_options or {}))
+        inventory = build_inventory(model, ctx.input_shape)
+        keep = frozenset() if prune_frozen else frozenset(inventory.groups) - {g.id for g in growable(inventory, config)}
+        _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True, keep=keep)
+        pruned(ctx.seed * 100 + r)
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
         steps += [replace(s, step=r + 1, epochs=epochs / n) for s in result.steps]
         if epochs > 0:

@@ -99,3 +99,25 @@ def test_realloc_can_recalibrate_batchnorm_after_every_pruning(setup, monkeypatc
     calls.clear()
     METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=1)
     assert calls == [20, 20]
+
+
+def test_realloc_can_leave_the_frozen_residual_streams_where_taylor_put_them(digits):
+    """``prune_frozen=False``: the rounds prune only groups the split can grow back, so the residual streams
+    (frozen for growth) end at the width the first Taylor pruning gave them; by default rounds prune them."""
+    from energysplit.splitting.joint import is_joint
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.5)
+    data = digits.subset(train=256, val=64)
+    energy = create_target("mobile")
+    budget = 0.6 * energy.predict(model, data.input_shape).total
+    streams = [g.id for g in build_inventory(model, data.input_shape) if is_joint(g)]
+
+    def widths(**kw):
+        out = METHODS.get(kw.pop("method", "splitting"))(copy.deepcopy(model), _ctx(data, energy, budget, []), **kw)
+        return build_inventory(out, data.input_shape).widths()
+
+    taylor = widths(method="taylor")
+    kept = widths(prune_frozen=False)
+    assert {g: kept[g] for g in streams} == {g: taylor[g] for g in streams} and kept != taylor
+    assert {g: widths()[g] for g in streams} != {g: taylor[g] for g in streams}

@@ -27,6 +27,7 @@ class PruneConfig:
     max_rounds: int = 50
     channel_multiple: int = 1  # remove channels in blocks that keep widths multiples of this (:mod:`.alignment`)
     best_effort: bool = False  # stop at the cheapest reachable model instead of raising BudgetError
+    keep: frozenset = frozenset()  # ids of groups left at their width
 
     def __post_init__(self):
         if not 0 <= self.min_fraction <= 1 or self.min_channels < 1:
@@ -78,6 +79,7 @@ def prune_to_budget_(model: nn.Module, inventory: Inventory, estimator, budget: 
     from ..cost.estimator import marginal_costs_of
 
     floor = floor or min_widths(inventory, config)
+    floor = {**floor, **{g: inventory[g].width for g in config.keep if g in inventory.groups}}
     scores = {k: v.clone().double() for k, v in importance.items()}
     start = cost = estimator.predict(model, input_shape).total
     removed: dict[str, int] = {}

@@ -244,7 +244,6 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     from ..graph.surgery import apply_plan_
     from ..training.distributed import check_in_sync
     from .fast import FastConfig
-    from .joint import is_joint
     from .scores import splitting_scores
 
     input_shape = data.input_shape
@@ -253,7 +252,7 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     seed_everything(config.seed * 1000 + step)
     solver_config = FastConfig(progress=config.finetune.progress) if config.solver == "fast" else None
     # groups a grouped conv cuts into G blocks grow by units of one neuron per block (every block alike)
-    growing = [g for g in inventory.splittable() if config.residual == "joint" or not is_joint(g)]
+    growing = growable(inventory, config)
     blocks = {g.id: g.blocks for g in growing if g.blocks > 1}
     scores = splitting_scores(model, batches, inventory, config.solver, config.curvature, config=solver_config,
                               groups=[g.id for g in growing])
@@ -281,6 +280,13 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     return inventory, StepRecord(step, cost, new_cost, estimator.unit, step_limit - cost, len(ops), per_group,
                                  0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
                                  t1 - t0, t2 - t1, result.seconds, FILL if fill else "", ft.epochs)
+
+
+def growable(inventory: Inventory, config: GrowConfig) -> list:
+    """The groups a growth step may split: the splittable ones, residual streams only with ``residual="joint"``."""
+    from .joint import is_joint
+
+    return [g for g in inventory.splittable() if config.residual == "joint" or not is_joint(g)]
 
 
 def step_caps(widths: dict[str, int], groups, max_widths: dict | None, layer_growth: float | None) -> dict | None:
