@@ -59,12 +59,12 @@ def joint_scores(model: nn.Module, batches, inventory: Inventory, groups: list[G
     if method != "fast":
         raise ConfigError(f"no joint splitting solver {method!r}; use 'exact' or 'fast'")
     out = {}
-    for chosen in _rounds(groups):
+    for chosen in stream_rounds(groups):
         out.update(_fast(AllSplit(model, inventory, chosen, curvature, loss_fn), batches, config or FastConfig()))
     return out
 
 
-def _rounds(groups: list[Group]) -> list[list[Group]]:
+def stream_rounds(groups: list[Group]) -> list[list[Group]]:
     """Groups in rounds where no producer of one reads another's channels (each round: one all-split copy)."""
     rounds: list[list[Group]] = []
     for g in groups:
@@ -170,7 +170,7 @@ def joint_matrices(model: nn.Module, batches, inventory: Inventory, groups: list
     batches = list(iterate_batches(batches, config.batch_size))
     total = sum(len(x) for x, _ in batches)
     out = {}
-    for chosen in _rounds(groups):
+    for chosen in stream_rounds(groups):
         split = AllSplit(model, inventory, chosen, curvature, loss_fn)
         S = {g.id: torch.zeros(g.width, split.dims[g.id], split.dims[g.id], dtype=torch.float64) for g in chosen}
         for x, target in batches:
