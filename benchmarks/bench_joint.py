@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import platform
 import shlex
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,7 +81,10 @@ def main() -> None:
     threads = torch.get_num_threads()
     host = platform.processor() or platform.machine()
     out = RESULTS / f"joint_{host.lower().replace(' ', '-')}-torch{torch.__version__.split('+')[0]}-t{threads}.json"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=RESULTS.parent).stdout.strip()
     out.write_text(json.dumps({"command": "python " + shlex.join(["benchmarks/bench_joint.py", *sys.argv[1:]]),
+                               "host": socket.gethostname(), "cpu": host, "commit": commit,
                                "torch": torch.__version__, "threads": threads, "batch": 64, "rows": rows},
                               indent=2) + "\n")
     print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
