@@ -24,7 +24,8 @@ setting changed; until reallocation became the default, `splitting` was seed and
   budget per round instead of 10%; splitting-nobn: without it (the default before, ``recalibrate=0``).
 - splitting-keep: a round prunes only the groups its split can grow back (``splitting(prune_frozen=False)``):
   the residual streams that growth keeps frozen stay at the width Taylor left them (a ResNet-20 run at 50%
-  ended with its last stream at 8 of Taylor's 24 channels, its width spent inside the blocks).
+  ended with its last stream at 8 of Taylor's 24 channels, its width spent inside the blocks); the default
+  since the tuning run tune-keep-671b570; splitting-prunefrozen: the rounds prune every group (before).
 """
 import functools
 import sys
@@ -46,6 +47,7 @@ VARIANTS["splitting-bn"] = functools.partial(splitting, recalibrate=20)
 VARIANTS["splitting-bn-delta05"] = functools.partial(splitting, recalibrate=20, delta=0.05)
 VARIANTS["splitting-nobn"] = functools.partial(splitting, recalibrate=0)
 VARIANTS["splitting-keep"] = functools.partial(splitting, prune_frozen=False)
+VARIANTS["splitting-prunefrozen"] = functools.partial(splitting, prune_frozen=True)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)

@@ -247,7 +247,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
-              grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = True) -> nn.Module:
+              grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -260,9 +260,10 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     ablations' variants). ``recalibrate``: after every pruning, re-estimate the BatchNorm statistics on this
     many training batches (:mod:`energysplit.training.bn_stats`) so that the round's splitting scores see
     the pruned network as it computes, not with its parent's statistics (0: off; 20, the default, was
-    chosen on validation data: benchmarks/results/tune-bn-medium-9352f2b). ``prune_frozen=False``: a round
-    prunes only groups its split can grow back (not the residual streams that growth keeps frozen), so width
-    moves only between growable groups. Chosen over
+    chosen on validation data: benchmarks/results/tune-bn-medium-9352f2b). ``prune_frozen=False`` (the
+    default, chosen on validation data: benchmarks/results/tune-keep-671b570): a round prunes only groups its
+    split can grow back (not the residual streams that growth keeps frozen), so width moves only between
+    growable groups; True lets the rounds prune every group. Chosen over
     :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 

@@ -102,8 +102,8 @@ def test_realloc_can_recalibrate_batchnorm_after_every_pruning(setup, monkeypatc
 
 
 def test_realloc_can_leave_the_frozen_residual_streams_where_taylor_put_them(digits):
-    """``prune_frozen=False``: the rounds prune only groups the split can grow back, so the residual streams
-    (frozen for growth) end at the width the first Taylor pruning gave them; by default rounds prune them."""
+    """By default (``prune_frozen=False``) the rounds prune only groups the split can grow back, so the residual
+    streams (frozen for growth) end at the width the first Taylor pruning gave them; ``True`` prunes them."""
     from energysplit.splitting.joint import is_joint
 
     torch.manual_seed(0)
@@ -118,6 +118,6 @@ def test_realloc_can_leave_the_frozen_residual_streams_where_taylor_put_them(dig
         return build_inventory(out, data.input_shape).widths()
 
     taylor = widths(method="taylor")
-    kept = widths(prune_frozen=False)
+    kept = widths()
     assert {g: kept[g] for g in streams} == {g: taylor[g] for g in streams} and kept != taylor
-    assert {g: widths()[g] for g in streams} != {g: taylor[g] for g in streams}
+    assert {g: widths(prune_frozen=True)[g] for g in streams} != {g: taylor[g] for g in streams}
