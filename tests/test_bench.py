@@ -43,6 +43,14 @@ def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
     assert "+1.00 points vs taylor (met)" in line
     assert "dominates uniform;" in line and "does not dominate uniform-scratch" in line
     assert goal_lines(summary[summary.method != "splitting"]) == []
+    # issue 17's rule: >= 0 points, and >= +0.5 at 25% of the cost or below
+    for budget, split, verdict in (("0.5", 0.7905, "+0.05 points vs taylor (met)"),
+                                   ("0.5", 0.7895, "-0.05 points vs taylor (not met)"),
+                                   ("0.25", 0.7930, "+0.30 points vs taylor (not met)"),
+                                   ("0.1", 0.7950, "+0.50 points vs taylor (met)")):
+        cell = summary.assign(budget_name=budget)
+        cell.loc[cell.method == "splitting", "test_accuracy_mean"] = split
+        assert verdict in goal_lines(cell)[-1], (budget, split)
 
 
 def test_bench_builds_its_base_models_with_the_requested_activation(digits, tmp_path):
