@@ -251,7 +251,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
-    filled to the budget as the growth's last step does); fine-tune}, then a final fine-tune. The model stays at the budget and only moves width between layers.
+    filled to the budget as the growth's last step does); fine-tune}, then a final fine-tune. The model
+    stays at the budget and only moves width between layers.
     Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
     their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
@@ -290,8 +291,10 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
                             channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,
                             **(grow_options or {}))
-        inventory = build_inventory(model, ctx.input_shape)
-        keep = frozenset() if prune_frozen else frozenset(inventory.groups) - {g.id for g in growable(inventory, config)}
+        keep = frozenset()
+        if not prune_frozen:  # the groups this round's split cannot grow back keep their width
+            inventory = build_inventory(model, ctx.input_shape)
+            keep = frozenset(inventory.groups) - {g.id for g in growable(inventory, config)}
         _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True, keep=keep)
         pruned(ctx.seed * 100 + r)
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)

@@ -6,8 +6,8 @@ is trained. One total of epochs is shared by the phases (seed, growth steps, fin
 costs the same training epochs as a network trained from scratch.
 
 The architecture at its given width is the design space: no group grows past its width there (the
-caps), and residual streams, which growth keeps frozen (``GrowConfig.residual``), keep the seed's width. Used by ``energysplit
-grow`` (:mod:`.design`) and the benchmark's growth protocol (:mod:`.protocols`).
+caps), and residual streams, which growth keeps frozen (``GrowConfig.residual``), keep the seed's width.
+Used by ``energysplit grow`` (:mod:`.design`) and the benchmark's growth protocol (:mod:`.protocols`).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def plan_seed(arch: dict, estimator, budget: float, input_shape, recipe: SeedGro
     costs more, or the budget lies above what the caps allow)."""
     from ..graph.archive import resize_
     from ..graph.trace import build_inventory
-    from ..splitting.joint import is_joint
+    from ..splitting.growth import GrowConfig, growable
 
     full = arch.get("kwargs", {}).get("width", 1.0)
     unit = estimator.unit
@@ -102,7 +102,7 @@ def plan_seed(arch: dict, estimator, budget: float, input_shape, recipe: SeedGro
     inventory = build_inventory(seed, input_shape)
     max_widths = build_inventory(build(arch, full), input_shape).widths()
     reach = copy.deepcopy(seed)
-    splittable = {g.id for g in inventory.splittable() if not is_joint(g)}  # growth keeps streams frozen
+    splittable = {g.id for g in growable(inventory, GrowConfig())}  # what the growth steps may split
     resize_(reach, {g: max_widths[g] if g in splittable else w for g, w in inventory.widths().items()}, input_shape)
     reachable = estimator.predict(reach, input_shape).total
     if budget > reachable:

@@ -12,12 +12,15 @@ has the splitting matrix
 L(V) the loss of the *all-split* network: every channel of the stream split at eps = 0, plus V and -V on
 the two copies' producer rows. Its blocks between different channels are zero (their copies meet only in
 consumers, which see the copies' mean, unchanged to first order), so one Hessian-vector product of the
-all-split network gives S_c u_c for every channel c at once. For a single producer this is the splitting
-matrix of :mod:`.exact` (a test checks it). Activations follow the rules of :mod:`.curvature` (act' as
-configured, act'' the softplus surrogate at the kinks of ReLU-like ones): every activation call in the
-forward is replaced by a stand-in whose double backward uses them; only those on a stream contribute.
-A stream with no activation on it (MobileNetV2's linear bottlenecks) has S = 0: its split changes nothing
-at any eps, and its lambda is 0 up to rounding, so it never wins a selection.
+all-split network gives S_c u_c for every channel c at once. It is computed without a double backward:
+forward-mode tangents along U give each activation input's first-order change t_k (dropped at the
+consumers, where the two copies' tangents cancel), one backward gives the gradient G_k at each activation's
+output, and a second backward of sum_k <G_k act''(a_k) t_k, a_k> to V gives S U. For a single producer this
+is the splitting matrix of :mod:`.exact` (a test checks it). act'' follows the rules of :mod:`.curvature`
+(the softplus surrogate at the kinks of ReLU-like activations); the tangents use the activations' true
+slopes. A stream with no activation on it (MobileNetV2's linear bottlenecks) has S = 0 exactly: its split
+changes nothing at any eps, its lambda is 0 and it never wins a selection; that is seen on the first batch
+and the rest are skipped.
 
 Solvers (``method`` of :func:`energysplit.splitting.scores.splitting_scores`): ``exact`` builds each S_c
 from D products with unit vectors (D = the joint direction's length) and takes ``eigh`` (the oracle, for
@@ -173,9 +176,10 @@ def joint_matrices(model: nn.Module, batches, inventory: Inventory, groups: list
     for chosen in stream_rounds(groups):
         split = AllSplit(model, inventory, chosen, curvature, loss_fn)
         S = {g.id: torch.zeros(g.width, split.dims[g.id], split.dims[g.id], dtype=torch.float64) for g in chosen}
+        eyes = {g.id: torch.eye(split.dims[g.id]) for g in chosen}
         for x, target in batches:
             for i in range(max(split.dims.values())):
-                U = {g.id: torch.eye(split.dims[g.id])[i % split.dims[g.id]].expand(g.width, -1) for g in chosen}
+                U = {g.id: eyes[g.id][i % split.dims[g.id]].expand(g.width, -1) for g in chosen}
                 for gid, sv in split.products(x, target, U).items():
                     if i < split.dims[gid]:
                         S[gid][:, :, i] += sv.double().cpu() * (len(x) / total)
