@@ -26,6 +26,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
   the residual streams that growth keeps frozen stay at the width Taylor left them (a ResNet-20 run at 50%
   ended with its last stream at 8 of Taylor's 24 channels, its width spent inside the blocks); the default
   since the tuning run tune-keep-671b570; splitting-prunefrozen: the rounds prune every group (before).
+- splitting-blindprune: a round's pruning ranks channels by Taylor importance alone, not per unit of the
+  target's saving (``splitting(prune_per_cost=False)``); the split stays energy-aware. Per-cost pruning under
+  `flops` takes width from high-resolution layers, whose channels cost the most.
 """
 import functools
 import sys
@@ -48,6 +51,7 @@ VARIANTS["splitting-bn-delta05"] = functools.partial(splitting, recalibrate=20, 
 VARIANTS["splitting-nobn"] = functools.partial(splitting, recalibrate=0)
 VARIANTS["splitting-keep"] = functools.partial(splitting, prune_frozen=False)
 VARIANTS["splitting-prunefrozen"] = functools.partial(splitting, prune_frozen=True)
+VARIANTS["splitting-blindprune"] = functools.partial(splitting, prune_per_cost=False)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)

@@ -247,7 +247,8 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
-              grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False) -> nn.Module:
+              grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False,
+              prune_per_cost: bool = True) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -264,7 +265,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     chosen on validation data: benchmarks/results/tune-bn-medium-9352f2b). ``prune_frozen=False`` (the
     default, chosen on validation data: benchmarks/results/tune-keep-671b570): a round prunes only groups its
     split can grow back (not the residual streams that growth keeps frozen), so width moves only between
-    growable groups; True lets the rounds prune every group. Chosen over
+    growable groups; True lets the rounds prune every group. ``prune_per_cost``: a round's pruning ranks
+    channels by Taylor importance per unit of the target's saving (the default) or by importance alone. Chosen over
     :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 
@@ -284,7 +286,7 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         ctx.log(f"resumed from {checkpoint.dir} after reallocation round {done}")
     else:
         _prune(model, ctx, "taylor")
-    saving = replace(ctx, cost_aware=True)
+    saving = replace(ctx, cost_aware=prune_per_cost)
     for r in range(done, rounds):
         pruned(ctx.seed * 100 + r)  # after the first pruning, or after the last round's fine-tune
         still = replace(ctx.train, epochs=0.0)
