@@ -15,6 +15,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
   = 2, the reference's per-step cap).
 - splitting-grow-invariant / splitting-invariant: neurons ranked by lambda x ||theta||^2, the score
   invariant to the scale of a filter feeding BatchNorm (GrowConfig.scale_invariant).
+- splitting-grow-releps / splitting-releps: offspring theta +- eps ||theta|| v (GrowConfig.relative_eps), the
+  same relative perturbation of every filter; splitting-releps-invariant also ranks by lambda x ||theta||^2,
+  the loss change that step predicts (the invariant score with an absolute eps mixes the two scales).
 - splitting-grow-joint / splitting-joint: residual streams split jointly in all their producers
   (GrowConfig.residual = "joint"; energysplit.splitting.joint) instead of kept frozen. MobileNetV2's streams
   are linear (S = 0: never chosen by the LP); it matters on ResNets.
@@ -42,6 +45,8 @@ PADDED = {"pad_blocks": True}
 CAPS2 = {"layer_growth": 2.0}
 INVARIANT = {"scale_invariant": True}
 JOINT = {"residual": "joint"}
+RELEPS = {"relative_eps": True}
+RELEPS_INVARIANT = {"relative_eps": True, "scale_invariant": True}
 VARIANTS = {
     "splitting-grow-seed50": functools.partial(splitting_grow, seed_fraction=0.5),
     "splitting-grow-seed85": functools.partial(splitting_grow, seed_fraction=0.85),
@@ -52,7 +57,8 @@ VARIANTS["splitting-nobn"] = functools.partial(splitting, recalibrate=0)
 VARIANTS["splitting-keep"] = functools.partial(splitting, prune_frozen=False)
 VARIANTS["splitting-prunefrozen"] = functools.partial(splitting, prune_frozen=True)
 VARIANTS["splitting-blindprune"] = functools.partial(splitting, prune_per_cost=False)
-for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT}.items():
+for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT,
+                  "releps": RELEPS, "releps-invariant": RELEPS_INVARIANT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)
 

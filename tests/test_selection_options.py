@@ -1,6 +1,7 @@
 """Selection options of the growth loop (issue 17, item 3): per-step layer caps (``layer_growth``) and the
 scale-invariant score (``scale_invariant``). Training in the growth test is stubbed: the caps are under test."""
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -97,3 +98,46 @@ def test_scale_invariant_score_ignores_the_scale_of_a_filter_feeding_batchnorm(d
     assert float(invariant2[group.id].eigvals[k]) == pytest.approx(float(invariant[group.id].eigvals[k]), rel=1e-3)
     others = [i for i in range(len(lam)) if i != k]
     torch.testing.assert_close(lam2[others], lam[others], rtol=1e-3, atol=1e-7)
+
+
+def test_relative_eps_moves_every_offspring_by_the_same_fraction_of_its_parent(digits, seed_model, no_training,
+                                                                              monkeypatch):
+    """With ``relative_eps`` a neuron theta splits into theta +- eps ||theta|| v: the two offspring's producer
+    rows lie 2 eps ||theta|| apart, whatever the parent's norm (without it, 2 eps)."""
+    import energysplit.graph.surgery as surgery
+
+    flops = create_target("flops")
+    budget = 1.3 * flops.predict(seed_model, digits.input_shape).total
+    apply = surgery.apply_plan_
+    for relative in (False, True):
+        model = copy.deepcopy(seed_model)
+        inventory = build_inventory(model, digits.input_shape)
+        with torch.no_grad():  # filters of norms that differ by up to 3x
+            for g in inventory.splittable():
+                weight = model.get_submodule(g.producers[0]).weight
+                weight.mul_((1 + torch.arange(len(weight)) % 3).view(-1, *[1] * (weight.dim() - 1)))
+        before = {g.id: model.get_submodule(g.producers[0]).weight.detach().clone() for g in inventory.splittable()
+                  if len(g.producers) == 1}
+        plans = []
+        monkeypatch.setattr(surgery, "apply_plan_", lambda m, inv, plan: plans.append(plan) or apply(m, inv, plan))
+        config = GrowConfig(score_samples=128, max_steps=1, relative_eps=relative, eps=0.2, fill=False,
+                            finetune=TrainConfig(epochs=0.0, progress=False),
+                            final_finetune=TrainConfig(epochs=0.0, progress=False))
+        result = grow(model, digits, flops, budget, config, log=lambda s: None)
+        for op in plans[-1].ops:
+            assert op.eps == pytest.approx(0.2 * (float(before[op.group][op.channel].norm()) if relative else 1.0))
+        # rows whose input columns the same plan did not edit (a split upstream halves and copies columns)
+        edited = {c.module for gid in plans[-1].groups() for c in inventory[gid].consumers}
+        ops = [op for op in plans[-1].ops if inventory[op.group].producers[0] not in edited]
+        assert ops and result.steps
+        appended = Counter()
+        for op in ops:
+            weight = result.model.get_submodule(inventory[op.group].producers[0]).weight.detach()
+            parent = before[op.group][op.channel]
+            new_slot = len(before[op.group]) + appended[op.group]
+            appended[op.group] += 1
+            gap = float((weight[op.channel] - weight[new_slot]).norm())
+            expected = 2 * 0.2 * (float(parent.norm()) if relative else 1.0)
+            assert gap == pytest.approx(expected, rel=1e-4), (op.group, op.channel)
+        norms = [float(before[op.group][op.channel].norm()) for op in ops]
+        assert max(norms) > 1.5 * min(norms)  # parents of different norms: the relative gaps differ

@@ -70,6 +70,9 @@ class GrowConfig:
     # select by lambda x ||theta||^2 (theta: the neuron's producer weights), invariant to the scale of a
     # filter feeding BatchNorm; the raw lambda scales as 1 / ||theta||^2 there and favours small filters
     scale_invariant: bool = False
+    # split with eps x ||theta|| instead of eps (theta: the neuron's producer weights): the same relative
+    # perturbation of every filter, the step whose loss change lambda x ||theta||^2 (scale_invariant) prices
+    relative_eps: bool = False
     # residual streams (groups with several producers): "frozen" (keep their width) or "joint" (split
     # jointly in every producer, :mod:`energysplit.splitting.joint`); frozen until a validation run shows
     # joint splitting helps (MobileNetV2's linear streams have S = 0: no change there)
@@ -268,7 +271,10 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     t2 = time.perf_counter()
     if not ops:
         return inventory, None
-    lambdas = [float(scores[op.group].eigvals[op.channel]) for op in ops]
+    if config.relative_eps:
+        norms = {g: neuron_norms(model, inventory, g).sqrt() for g in {op.group for op in ops}}
+        ops = [replace(op, eps=op.eps * float(norms[op.group][op.channel])) for op in ops]
+    changes = [float(scores[op.group].eigvals[op.channel]) * op.eps ** 2 for op in ops]  # eps^2 lambda
     inventory = apply_plan_(model, inventory, Plan(ops))
     new_cost = estimator.predict(model, input_shape).total
     ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
@@ -278,7 +284,7 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     check_in_sync(model, f"growth step {step}")
     per_group = dict(Counter(op.group for op in ops))
     return inventory, StepRecord(step, cost, new_cost, estimator.unit, step_limit - cost, len(ops), per_group,
-                                 0.5 * config.eps ** 2 * sum(lambdas), result.val_accuracy, result.val_loss,
+                                 0.5 * sum(changes), result.val_accuracy, result.val_loss,
                                  t1 - t0, t2 - t1, result.seconds, FILL if fill else "", ft.epochs)
 
 
@@ -307,12 +313,14 @@ def scale_invariant_scores(model: nn.Module, inventory: Inventory, scores: dict)
     """``scores`` with every lambda times the squared norm of its neuron's weights in the group's producers."""
     from .solver import GroupScores
 
-    out = {}
-    for gid, s in scores.items():
-        norms = sum(model.get_submodule(p).weight.detach().cpu().flatten(1).pow(2).sum(1)
-                    for p in inventory[gid].producers)
-        out[gid] = GroupScores(s.eigvals * norms.to(s.eigvals.dtype), s.eigvecs)
-    return out
+    return {gid: GroupScores(s.eigvals * neuron_norms(model, inventory, gid).to(s.eigvals.dtype), s.eigvecs)
+            for gid, s in scores.items()}
+
+
+def neuron_norms(model: nn.Module, inventory: Inventory, gid: str) -> torch.Tensor:
+    """Every neuron of group ``gid``: the squared norm of its weights in all the group's producers."""
+    return sum(model.get_submodule(p).weight.detach().cpu().flatten(1).pow(2).sum(1)
+               for p in inventory[gid].producers)
 
 
 def _step_span(config: GrowConfig, step: int) -> tuple[float, float]:
