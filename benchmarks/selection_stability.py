@@ -8,7 +8,8 @@ The scored model looks like a growth step's input: MobileNetV2 x0.5 trained brie
 Taylor-pruned to 70% of its `mobile` energy as `splitting` seeds, a short seed fine-tune (cached in OUT/model.es).
 For each N, repeat and solver, two disjoint sets of N training images are scored: the Spearman correlation of all
 neurons' lambda_min, the overlap |A & B| / max(|A|, |B|) of the neurons the LP selects for one x1.4 step (with the
-target's channel multiple and with 1), the scoring time per set and its ratio to one growth step's fine-tune slice
+target's channel multiple and with 1), the value one set's selection keeps when priced by the other set's
+lambdas (its share of the predicted loss decrease of that set's own selection), the scoring time per set and its ratio to one growth step's fine-tune slice
 (0.2 epochs of 8,000 images, timed here). Resumable: rows already in OUT/results.csv are kept.
 """
 import argparse, copy, csv, dataclasses, datetime, json, shlex, socket, statistics, subprocess, sys, time  # noqa: E401
@@ -31,7 +32,7 @@ from energysplit.training.loop import seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = {"name": "mobilenet_v2", "kwargs": {"width": 0.5, "in_channels": 1, "num_classes": 10}}
-FIELDS = ["N", "method", "repeat", "spearman", "overlap_m", "overlap_1", "group_overlap_m", "chosen_m",
+FIELDS = ["N", "method", "repeat", "spearman", "overlap_m", "overlap_1", "group_overlap_m", "value_m", "chosen_m",
           "chosen_1", "negative", "neurons", "score_s", "train_step_s", "ratio"]
 
 
@@ -86,6 +87,15 @@ def overlap(a: set, b: set, groups: bool = False) -> float:
         a, b = Counter(g for g, _ in a), Counter(g for g, _ in b)
         return sum((a & b).values()) / max(a.total(), b.total(), 1)
     return len(a & b) / max(len(a), len(b), 1)
+
+
+def value(chosen: set, best: set, scores) -> float:
+    """The share of the loss decrease that ``best`` (a selection made from ``scores``) predicts, sum of lambda,
+    that the other set's selection ``chosen`` gets when both are priced with ``scores``: 1 when the neurons
+    the selections disagree on are worth the same."""
+    def total(sel):
+        return sum(float(scores[g].eigvals[c]) for g, c in sel)
+    return total(chosen) / total(best)
 
 
 def timed_step_training(model, data, seed):
@@ -145,6 +155,8 @@ def main():
             row = {"N": n, "method": method, "repeat": rep, "spearman": spearmanr(lam[0], lam[1])[0],
                    "overlap_m": overlap(*sel[m]), "overlap_1": overlap(*sel[1]),
                    "group_overlap_m": overlap(*sel[m], groups=True),
+                   "value_m": statistics.mean([value(sel[m][1], sel[m][0], scores[0]),
+                                               value(sel[m][0], sel[m][1], scores[1])]),
                    "chosen_m": statistics.mean(map(len, sel[m])), "chosen_1": statistics.mean(map(len, sel[1])),
                    "negative": statistics.mean(float((x < 0).sum()) for x in lam), "neurons": len(lam[0]),
                    "score_s": score_s, "train_step_s": train_s[-1], "ratio": score_s / train_s[-1]}
@@ -168,7 +180,8 @@ def write_summary(args, rows, m, model_log, budget, train_s, elapsed, resumed):
     if resumed and (args.out / "config.json").exists():  # the time of the run(s) this one resumed adds to its own
         elapsed += json.loads((args.out / "config.json").read_text()).get("run_seconds", 0.0)
     head = (f"| N | method | rank correlation | LP overlap (multiple {m}) | group counts overlap (multiple {m}) | "
-            "LP overlap (multiple 1) | neurons chosen (m / 1) | scoring s per set | scoring / training |")
+            f"LP overlap (multiple 1) | value kept (multiple {m}) | neurons chosen (m / 1) | scoring s per set | "
+            "scoring / training |")
     lines = ["# Stability of splitting selections", "", f"{model_log}, {rows[0]['neurons'] if rows else '?'} "
              f"splittable neurons. Step budget (1.4 - 1) x cost = {budget}, LP selector, eps 0.1. Two disjoint sets of "
              f"N training images per repeat; mean ± std over {args.repeats} repeat(s); exact is skipped above the "
@@ -180,7 +193,8 @@ def write_summary(args, rows, m, model_log, budget, train_s, elapsed, resumed):
         rs = [r for r in rows if int(r["N"]) == n and r["method"] == method]
         if rs:
             chosen = " / ".join(f"{statistics.mean(float(r[k]) for r in rs):.0f}" for k in ("chosen_m", "chosen_1"))
-            cells = [mean_std(rs, k) for k in ("spearman", "overlap_m", "group_overlap_m", "overlap_1")]
+            cells = [mean_std(rs, k) if rs[0].get(k) else "-"
+                     for k in ("spearman", "overlap_m", "group_overlap_m", "overlap_1", "value_m")]
             lines.append(f"| {n} | {method} | " + " | ".join(cells + [chosen, mean_std(rs, "score_s"),
                                                                       mean_std(rs, "ratio")]) + " |")
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
