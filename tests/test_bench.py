@@ -43,6 +43,7 @@ def test_goal_check_compares_splitting_with_the_best_pruner_and_uniform():
     assert "+1.00 points vs taylor (met)" in line
     assert "dominates uniform;" in line and "does not dominate uniform-scratch" in line
     assert goal_lines(summary[summary.method != "splitting"]) == []
+    assert goal_lines(summary[summary.method == "splitting"]) == []  # no baseline: no empty goal line
     # issue 17's rule: >= 0 points, and >= +0.5 at 25% of the cost or below
     for budget, split, verdict in (("0.5", 0.7905, "+0.05 points vs taylor (met)"),
                                    ("0.5", 0.7895, "-0.05 points vs taylor (not met)"),

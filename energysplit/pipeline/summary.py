@@ -87,7 +87,8 @@ def goal_lines(summary) -> list[str]:
                 dominates = (split.test_accuracy_mean >= u.test_accuracy_mean
                              and split.cost_on_target_mean <= u.cost_on_target_mean)
                 parts.append(f"{'dominates' if dominates else 'does not dominate'} {name}")
-        lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
+        if parts:  # a sweep of splitting variants alone has nothing to check
+            lines.append(f"- {model} {target}@{budget}: " + "; ".join(parts))
     return lines if len(lines) > 3 else []
 
 
