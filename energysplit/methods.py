@@ -19,7 +19,7 @@ from typing import Callable
 from torch import nn
 
 from .training.data import DataSplits
-from .errors import BudgetError
+from .errors import BudgetError, ConfigError
 from ._registry import Registry
 from .training.loop import TrainConfig, train
 
@@ -248,7 +248,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 @METHODS.register("splitting")
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
               grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False,
-              prune_per_cost: bool = True) -> nn.Module:
+              prune_per_cost: bool = True, rounds_share: float | None = None) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -266,7 +266,10 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     default, chosen on validation data: benchmarks/results/tune-keep-671b570): a round prunes only groups its
     split can grow back (not the residual streams that growth keeps frozen), so width moves only between
     growable groups; True lets the rounds prune every group. ``prune_per_cost``: a round's pruning ranks
-    channels by Taylor importance per unit of the target's saving (the default) or by importance alone. Chosen over
+    channels by Taylor importance per unit of the target's saving (the default) or by importance alone.
+    ``rounds_share``: the part of the schedule the rounds' fine-tunes cover (None: rounds / (rounds + 1), equal
+    slices); the final fine-tune gets the rest, so a small share splits early and trains the offspring longer.
+    Chosen over
     :func:`splitting_grow` on validation data (README, Results)."""
     from dataclasses import asdict
 
@@ -277,7 +280,11 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     def pruned(seed: int) -> None:
         recalibrate_on_(model, ctx.data.train, recalibrate, ctx.train.batch_size, seed)
 
-    n, epochs = rounds + 1, ctx.train.epochs
+    if rounds_share is not None and not 0 < rounds_share < 1:
+        raise ConfigError(f"rounds_share must be in (0, 1), got {rounds_share}")
+    epochs = ctx.train.epochs
+    share = rounds / (rounds + 1) if rounds_share is None else rounds_share
+    spans = [(share * r / rounds, share * (r + 1) / rounds) for r in range(rounds)] + [(share if rounds else 0.0, 1.0)]
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     steps, done = [], 0
     if ctx.resume and checkpoint is not None and (restored := checkpoint.load()) is not None:
@@ -300,15 +307,16 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True, keep=keep)
         pruned(ctx.seed * 100 + r)
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
-        steps += [replace(s, step=r + 1, epochs=epochs / n) for s in result.steps]
-        if epochs > 0:
-            train_model(model, ctx, replace(ctx.train, epochs=epochs / n, span=(r / n, (r + 1) / n), seed=ctx.seed + r),
+        round_epochs = epochs * (spans[r][1] - spans[r][0])
+        steps += [replace(s, step=r + 1, epochs=round_epochs) for s in result.steps]
+        if round_epochs > 0:
+            train_model(model, ctx, replace(ctx.train, epochs=round_epochs, span=spans[r], seed=ctx.seed + r),
                         f"round {r + 1} fine-tune", val=ctx.data.val)
         if checkpoint is not None:
             checkpoint.save(model, steps, f"round {r + 1}")
     if epochs > 0:
-        train_model(model, ctx, replace(ctx.train, epochs=epochs / n, span=(rounds / n, 1.0), seed=ctx.seed + rounds),
-                    "final fine-tune", val=ctx.data.val)
+        train_model(model, ctx, replace(ctx.train, epochs=epochs * (1.0 - spans[-1][0]), span=spans[-1],
+                                        seed=ctx.seed + rounds), "final fine-tune", val=ctx.data.val)
     # one step record per round that split (the round's split and its cost after the fill), for the report
     ctx.records["growth_steps"] = [asdict(s) for s in steps]
     ctx.records["stop_reason"] = f"{rounds} reallocation rounds of {delta:.0%} of the budget"

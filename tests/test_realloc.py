@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from energysplit import METHODS, MethodContext, TrainConfig, create_model, create_target
+from energysplit.errors import ConfigError
 from energysplit.graph.trace import build_inventory
 
 
@@ -36,6 +37,15 @@ def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
     assert all(0.9 * budget < r["cost_after"] <= budget for r in rounds)  # pruned by 10%, filled back
     assert [d for d, _, _ in runs] == ["round 1 fine-tune", "round 2 fine-tune", "round 3 fine-tune", "final fine-tune"]
     assert sum(e for _, _, e in runs) == pytest.approx(0.4)
+
+
+def test_realloc_rounds_can_take_a_smaller_share_of_the_schedule(setup):
+    model, data, energy, budget = setup
+    runs = []
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, runs), rounds_share=0.3)
+    assert [e for _, _, e in runs] == pytest.approx([0.04, 0.04, 0.04, 0.28])  # 10% of 0.4 epochs per round
+    with pytest.raises(ConfigError, match="rounds_share"):
+        METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds_share=1.0)
 
 
 def test_realloc_moves_width_where_taylor_alone_does_not(setup):
