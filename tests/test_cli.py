@@ -108,6 +108,24 @@ def test_bench_flags_override_the_profile():
     assert config("--profile", "medium", "--protocol", "grow", "--epochs", "8").epochs == 8.0
 
 
+def test_bench_growth_flag_changes_the_recipe_of_the_growth_protocols(tmp_path, capsys):
+    from energysplit.cli import build_parser, main
+    from energysplit.cli.bench import bench_config
+
+    args = ["bench", "--profile", "tiny", "--protocol", "grow"]
+    c = bench_config(build_parser("bench").parse_args([*args, "--growth", "seed_fraction=0.6,step_growth=2,"
+                                                                          "one_schedule=false,score_samples=256"]))
+    assert (c.growth.seed_fraction, c.growth.step_growth, c.growth.one_schedule, c.growth.score_samples) == (
+        0.6, 2.0, False, 256)
+    for flags, message in ((["--growth", "seed=0.6"], "write KEY=VALUE with KEY one of seed_fraction, "),
+                           (["--growth", "score_samples=many"], "'many' is not a int"),
+                           (["--growth", "seed_fraction=1.5"], "seed fraction must be in (0, 1)"),
+                           (["--protocol", "compress", "--growth", "seed_fraction=0.5"], "--growth sets the recipe")):
+        assert main([*args, *flags, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_compress_help_is_fast_to_build():
     """Only the command being run gets its flags: `energysplit compress --help` imports no torch."""
     code = ("import sys; from energysplit.cli import build_parser; build_parser('compress').format_help(); "
@@ -152,3 +170,19 @@ def test_lut_flag_reaches_the_compress_grow_and_bench_configs(tmp_path, capsys):
     assert main(["bench", "--profile", "tiny", "--lut", str(tmp_path / "nope.json"), "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("energysplit bench: error: ") and "\n" not in err and "no such file" in err
+
+
+def test_a_growth_sweep_folder_holds_one_recipe(tmp_path):
+    from dataclasses import replace
+
+    import pytest
+
+    from energysplit.errors import ConfigError
+    from energysplit.pipeline.bench import profile, run_benchmark
+
+    config = replace(profile("tiny", "grow"), models=())  # no jobs: only the folder's record is under test
+    run_benchmark(config, tmp_path, log=lambda s: None)
+    run_benchmark(config, tmp_path, log=lambda s: None)  # the same recipe resumes
+    other = replace(config, growth=replace(config.growth, seed_fraction=0.6))
+    with pytest.raises(ConfigError, match="another growth recipe"):
+        run_benchmark(other, tmp_path, log=lambda s: None)

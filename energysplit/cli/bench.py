@@ -35,6 +35,9 @@ def add_bench(p):
     p.add_argument("--lut", metavar="FILE", help="price the cpu target with this saved latency table (from `energysplit lut FILE`)")
     p.add_argument("--act", help="activation of the zoo models, e.g. silu (default: each model's own)")
     p.add_argument("--device", help=DEVICE_HELP + " (default: the profile's)")
+    p.add_argument("--growth", metavar="KEY=VALUE,...",
+                   help="grow and scratch: change the splitting methods' growth recipe, e.g. "
+                        "seed_fraction=0.6,step_growth=2 (fields of SeedGrowth; a folder holds one recipe)")
     p.add_argument("--tuning", action="store_true",
                    help="a tuning run: rank by the validation split and never read the test split (choose settings "
                         "on it, then run the chosen setting without --tuning)")
@@ -73,10 +76,38 @@ def bench_config(args):
     changes.update({k: tuple(getattr(args, k).split(",")) for k in ("models", "methods") if getattr(args, k)})
     if args.seeds:
         changes["seeds"] = split_list(args.seeds, int, "--seeds", "0,1,2")
+    if args.growth:
+        changes["growth"] = growth_recipe(config, args.growth)
     if args.budgets:  # a cpu budget applies to every model given
         changes["budgets"] = split_list(args.budgets, budget_pair, "--budgets", "mobile:0.5,cpu:0.7")
         changes["latency_models"] = changes.get("models", config.models)
     return replace(config, **changes)
+
+
+def growth_recipe(config, text: str):
+    """``--growth``: the profile's growth recipe with ``key=value`` fields changed (a one-line ConfigError for
+    an unknown field, a value of the wrong type, or a protocol without growth)."""
+    from dataclasses import fields
+
+    from ..errors import ConfigError
+
+    if config.protocol == "compress":
+        raise ConfigError("--growth sets the recipe of --protocol grow or scratch; compress grows with its own")
+    names = [f.name for f in fields(config.growth)]
+    changes = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ConfigError(f"--growth {item!r}: write KEY=VALUE with KEY one of {', '.join(names)}")
+        current = getattr(config.growth, key)
+        try:
+            if isinstance(current, bool):
+                changes[key] = {"true": True, "false": False}[value.lower()]
+            else:
+                changes[key] = type(current)(value) if current is not None else float(value)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"--growth {item!r}: {value!r} is not a {type(current).__name__}") from exc
+    return replace(config.growth, **changes)
 
 
 def lut_setting(lut: str) -> str:

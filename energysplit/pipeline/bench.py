@@ -259,6 +259,10 @@ def _record_run(out: Path, config: BenchConfig, command: str, worker: bool) -> N
         if any(r["config"]["epochs"] != config.epochs for r in runs):
             raise ConfigError(f"{out} holds a sweep with {runs[0]['config']['epochs']:g} epochs; give this run with "
                               f"{config.epochs:g} its own --out")
+        recipe = asdict(config.growth)  # fields a recorded recipe lacks were added since, at their defaults
+        if config.protocol != "compress" and any(v != recipe.get(k, v) for r in runs
+                                                 for k, v in (r["config"].get("growth") or {}).items()):
+            raise ConfigError(f"{out} holds a sweep with another growth recipe; give this --growth its own --out")
         run = {"command": command, "config": asdict(config), "host": socket.gethostname(),
                "torch": torch.__version__, "device": _device_name(config.device), "commit": _git_commit(),
                "cpu_table": _cpu_table(config.lut),
