@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 
 def _run(*args, timeout=120):

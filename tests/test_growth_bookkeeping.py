@@ -2,7 +2,6 @@
 budget to within one channel block, never above it. Training is stubbed (the loop's arithmetic is
 under test, not the fine-tuning): every call is recorded with its epochs."""
 import copy
-from dataclasses import replace
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """One activation table for tracing, curvature and costing (graph/ops.py): every activation the tracer
 knows traces, scores and costs, in module and functional form; ops without a cost formula are listed."""
-import math
 
 import pytest
 import torch
