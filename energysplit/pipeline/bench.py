@@ -53,7 +53,7 @@ class BenchConfig:
     channel_multiple: int | None = None  # changed widths stay multiples of this, every method; None: the target's
     device: str = "cpu"  # where training and scoring run: cpu, cuda, cuda:N or auto (see energysplit._device)
     protocol: str = "compress"  # compress, grow or scratch (:mod:`energysplit.pipeline.protocols`)
-    growth: SeedGrowth = SeedGrowth()  # grow/scratch: the splitting methods' recipe (untuned defaults)
+    growth: SeedGrowth = SeedGrowth()  # grow/scratch: the splitting methods' recipe
     taylor_base_share: float = 0.5  # grow/scratch: taylor trains the full width for this share of E (untuned)
     arch_source: str | None = None  # scratch: a grow sweep whose archs/ hold the widths to retrain
     # grow/scratch: BatchNorm statistics re-estimated on this many training batches after every training run
