@@ -48,6 +48,22 @@ def test_realloc_rounds_can_take_a_smaller_share_of_the_schedule(setup):
         METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds_share=1.0)
 
 
+def test_realloc_can_fine_tune_each_slice_before_its_round(setup):
+    """With ``finetune_first`` the first fine-tune trains the Taylor-pruned model (the first round scores a
+    recovered network); by default it trains the model after the first round's split."""
+    model, data, energy, budget = setup
+    taylor = METHODS.get("taylor")(copy.deepcopy(model), _ctx(data, energy, budget, []))
+    taylor_widths = build_inventory(taylor, data.input_shape).widths()
+    for first, same in ((True, True), (False, False)):
+        widths = []
+        ctx = _ctx(data, energy, budget, [])
+        ctx.on_train = lambda desc, m, result: widths.append((desc, build_inventory(m, data.input_shape).widths()))
+        METHODS.get("splitting")(copy.deepcopy(model), ctx, finetune_first=first)
+        assert [d for d, _ in widths] == ["round 1 fine-tune", "round 2 fine-tune", "round 3 fine-tune",
+                                          "final fine-tune"]
+        assert (widths[0][1] == taylor_widths) is same
+
+
 def test_realloc_moves_width_where_taylor_alone_does_not(setup):
     model, data, energy, budget = setup
     taylor = METHODS.get("taylor")(copy.deepcopy(model), _ctx(data, energy, budget, []))
