@@ -297,6 +297,7 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     else:
         _prune(model, ctx, "taylor")
     saving = replace(ctx, cost_aware=prune_per_cost)
+
     def tune(r: int) -> float:
         round_epochs = epochs * (spans[r][1] - spans[r][0])
         if round_epochs > 0:
@@ -305,7 +306,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         return round_epochs
 
     for r in range(done, rounds):
-        round_epochs = tune(r) if finetune_first else None
+        if finetune_first:
+            round_epochs = tune(r)
         pruned(ctx.seed * 100 + r)  # after the first pruning, or after the last fine-tune
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
@@ -318,7 +320,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         _prune(model, saving, "taylor", budget=(1 - delta) * ctx.budget, best_effort=True, keep=keep)
         pruned(ctx.seed * 100 + r)
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
-        round_epochs = round_epochs if finetune_first else tune(r)
+        if not finetune_first:
+            round_epochs = tune(r)
         steps += [replace(s, step=r + 1, epochs=round_epochs) for s in result.steps]
         if checkpoint is not None:
             checkpoint.save(model, steps, f"round {r + 1}")
