@@ -38,6 +38,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
 - splitting-tunefirst: each round fine-tunes its slice before it prunes and splits
   (``splitting(finetune_first=True)``), so the first round scores a recovered network: at 10% of `mobile`
   MobileNetV2's Taylor-pruned model is at chance accuracy, and a run scored there ended 10 points below Taylor.
+- splitting-judged: every round is judged (``splitting(judge_images=2048)``): a copy without the round's move
+  trains the same slice, and the move is kept only if its loss on 2,048 training images is lower, so width
+  moves only where it measurably helps; the copies' training is extra compute (counted in the CSV).
 """
 import functools
 import sys
@@ -65,6 +68,7 @@ VARIANTS["splitting-prunefrozen"] = functools.partial(splitting, prune_frozen=Tr
 VARIANTS["splitting-blindprune"] = functools.partial(splitting, prune_per_cost=False)
 VARIANTS["splitting-early"] = functools.partial(splitting, rounds_share=0.3)
 VARIANTS["splitting-tunefirst"] = functools.partial(splitting, finetune_first=True)
+VARIANTS["splitting-judged"] = functools.partial(splitting, judge_images=2048)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT,
                   "releps": RELEPS, "releps-invariant": RELEPS_INVARIANT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)

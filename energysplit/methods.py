@@ -249,7 +249,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
               grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False,
               prune_per_cost: bool = True, rounds_share: float | None = None,
-              finetune_first: bool = False) -> nn.Module:
+              finetune_first: bool = False, judge_images: int = 0) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -273,18 +273,28 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     ``finetune_first``: each round fine-tunes its slice before it prunes and splits (not after), so the
     first round scores a network that has recovered from the pruning to the budget (at 10% of the energy
     that pruning leaves a network at chance accuracy); the final slice still follows the last round.
+    ``judge_images``: when > 0, every round is judged: a copy of the network without the round's move
+    trains the same slice (same seed, same batches) and the move is kept only if its cross-entropy on this
+    many training images (a fixed, seeded draw) is lower; otherwise the round is undone, so a round can only
+    move width where it measurably helps. The rejected copies' training is counted (``ctx.on_train``).
     Chosen over :func:`splitting_grow` on validation data (README, Results)."""
+    import copy
     from dataclasses import asdict
 
     from .graph.trace import build_inventory
     from .splitting.growth import Checkpoint, GrowConfig, grow, growable
     from .training.bn_stats import recalibrate_on_
+    from .training.loop import evaluate
 
     def pruned(seed: int) -> None:
         recalibrate_on_(model, ctx.data.train, recalibrate, ctx.train.batch_size, seed)
 
     if rounds_share is not None and not 0 < rounds_share < 1:
         raise ConfigError(f"rounds_share must be in (0, 1), got {rounds_share}")
+    if judge_images and finetune_first:
+        raise ConfigError("judge_images compares the two networks after the round's fine-tune; it needs "
+                          "finetune_first=False")
+    judge = _judge_set(ctx, judge_images) if judge_images > 0 else None
     epochs = ctx.train.epochs
     share = rounds / (rounds + 1) if rounds_share is None else rounds_share
     spans = [(share * r / rounds, share * (r + 1) / rounds) for r in range(rounds)] + [(share if rounds else 0.0, 1.0)]
@@ -298,17 +308,20 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         _prune(model, ctx, "taylor")
     saving = replace(ctx, cost_aware=prune_per_cost)
 
-    def tune(r: int) -> float:
+    def tune(m: nn.Module, r: int, desc: str = "fine-tune") -> float:
         round_epochs = epochs * (spans[r][1] - spans[r][0])
         if round_epochs > 0:
-            train_model(model, ctx, replace(ctx.train, epochs=round_epochs, span=spans[r], seed=ctx.seed + r),
-                        f"round {r + 1} fine-tune", val=ctx.data.val)
+            train_model(m, ctx, replace(ctx.train, epochs=round_epochs, span=spans[r], seed=ctx.seed + r),
+                        f"round {r + 1} {desc}", val=ctx.data.val)
         return round_epochs
+
+    judged = []
 
     for r in range(done, rounds):
         if finetune_first:
-            round_epochs = tune(r)
+            round_epochs = tune(model, r)
         pruned(ctx.seed * 100 + r)  # after the first pruning, or after the last fine-tune
+        unmoved = copy.deepcopy(model) if judge is not None else None
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
                             channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,
@@ -321,7 +334,17 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         pruned(ctx.seed * 100 + r)
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
         if not finetune_first:
-            round_epochs = tune(r)
+            round_epochs = tune(model, r)
+        if unmoved is not None:
+            tune(unmoved, r, "fine-tune without the move")
+            losses = evaluate(model, judge).loss, evaluate(unmoved, judge).loss
+            judged.append({"round": r + 1, "kept": losses[0] < losses[1], "loss_moved": losses[0],
+                           "loss_unmoved": losses[1]})
+            ctx.log(f"round {r + 1}: judge loss {losses[0]:.4f} with the move, {losses[1]:.4f} without: "
+                    f"{'kept' if losses[0] < losses[1] else 'undone'}")
+            if not losses[0] < losses[1]:
+                model = unmoved
+                result.steps = []
         steps += [replace(s, step=r + 1, epochs=round_epochs) for s in result.steps]
         if checkpoint is not None:
             checkpoint.save(model, steps, f"round {r + 1}")
@@ -331,4 +354,17 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     # one step record per round that split (the round's split and its cost after the fill), for the report
     ctx.records["growth_steps"] = [asdict(s) for s in steps]
     ctx.records["stop_reason"] = f"{rounds} reallocation rounds of {delta:.0%} of the budget"
+    if judged:
+        ctx.records["judged_rounds"] = judged
+        ctx.records["stop_reason"] += (f", {sum(j['kept'] for j in judged)} of {len(judged)} judged moves kept "
+                                       f"({judge_images} training images)")
     return model
+
+
+def _judge_set(ctx: MethodContext, images: int):
+    """``images`` training images drawn with a seed of their own (the rounds' judge)."""
+    import torch
+    from torch.utils.data import Subset
+
+    gen = torch.Generator().manual_seed(ctx.seed * 100 + 99)
+    return Subset(ctx.data.train, torch.randperm(len(ctx.data.train), generator=gen)[:images].tolist())

@@ -147,3 +147,40 @@ def test_realloc_can_leave_the_frozen_residual_streams_where_taylor_put_them(dig
     kept = widths()
     assert {g: kept[g] for g in streams} == {g: taylor[g] for g in streams} and kept != taylor
     assert {g: widths(prune_frozen=True)[g] for g in streams} != {g: taylor[g] for g in streams}
+
+
+def test_judged_rounds_train_an_unmoved_copy_and_keep_the_lower_loss(setup):
+    """``judge_images``: every round trains a copy without its move on the same slice, and keeps the move
+    only if its loss on the judge images is lower; undone rounds leave no split record."""
+    model, data, energy, budget = setup
+    runs = []
+    ctx = _ctx(data, energy, budget, runs)
+    out = METHODS.get("splitting")(copy.deepcopy(model), ctx, rounds=2, judge_images=128)
+    judged = ctx.records["judged_rounds"]
+    assert [j["round"] for j in judged] == [1, 2]
+    assert all(j["kept"] == (j["loss_moved"] < j["loss_unmoved"]) for j in judged)
+    assert [r["step"] for r in ctx.records["growth_steps"]] == [j["round"] for j in judged if j["kept"]]
+    assert [d for d, _, _ in runs] == ["round 1 fine-tune", "round 1 fine-tune without the move", "round 2 fine-tune",
+                                       "round 2 fine-tune without the move", "final fine-tune"]
+    assert energy.predict(out, data.input_shape).total <= budget
+    with pytest.raises(ConfigError, match="finetune_first"):
+        METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), judge_images=8,
+                                 finetune_first=True)
+
+
+def test_a_judged_round_that_loses_is_undone(setup, monkeypatch):
+    """When the moved network's judge loss is not lower, the round's move is undone: the widths are those of
+    the network trained without it."""
+    import energysplit.training.loop as loop
+
+    model, data, energy, budget = setup
+    widths = {}
+    ctx = _ctx(data, energy, budget, [])
+    ctx.on_train = lambda desc, m, result: widths.setdefault(desc, build_inventory(m, data.input_shape).widths())
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda m, d, **kw: real(m, d, **kw) if len(d) != 50 else
+                        loop.EvalResult(0.0, 1.0, 50, 0.0))  # the judge sees a tie: never lower
+    out = METHODS.get("splitting")(copy.deepcopy(model), ctx, rounds=1, judge_images=50)
+    assert not ctx.records["judged_rounds"][0]["kept"] and ctx.records["growth_steps"] == []
+    assert widths["round 1 fine-tune"] != widths["round 1 fine-tune without the move"]
+    assert build_inventory(out, data.input_shape).widths() == widths["round 1 fine-tune without the move"]
