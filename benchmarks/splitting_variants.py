@@ -40,7 +40,11 @@ setting changed; until reallocation became the default, `splitting` was seed and
   MobileNetV2's Taylor-pruned model is at chance accuracy, and a run scored there ended 10 points below Taylor.
 - splitting-judged: every round is judged (``splitting(judge_images=2048)``): a copy without the round's move
   trains the same slice, and the move is kept only if its loss on 2,048 training images is lower, so width
-  moves only where it measurably helps; the copies' training is extra compute (counted in the CSV).
+  moves only where it measurably helps; the copies' training is extra compute (counted in the CSV). The
+  default since the tuning run tune-judged-0cbfeb2 (so the same as `splitting` now); splitting-unjudged:
+  every round's move kept (``judge_images=0``, the default before). The variants above it, run before, were
+  unjudged; run now, they are judged (splitting-tunefirst excepted: it fine-tunes before the move, so there
+  is nothing to judge it on).
 """
 import functools
 import sys
@@ -67,8 +71,9 @@ VARIANTS["splitting-keep"] = functools.partial(splitting, prune_frozen=False)
 VARIANTS["splitting-prunefrozen"] = functools.partial(splitting, prune_frozen=True)
 VARIANTS["splitting-blindprune"] = functools.partial(splitting, prune_per_cost=False)
 VARIANTS["splitting-early"] = functools.partial(splitting, rounds_share=0.3)
-VARIANTS["splitting-tunefirst"] = functools.partial(splitting, finetune_first=True)
+VARIANTS["splitting-tunefirst"] = functools.partial(splitting, finetune_first=True, judge_images=0)
 VARIANTS["splitting-judged"] = functools.partial(splitting, judge_images=2048)
+VARIANTS["splitting-unjudged"] = functools.partial(splitting, judge_images=0)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT,
                   "releps": RELEPS, "releps-invariant": RELEPS_INVARIANT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)

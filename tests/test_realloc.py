@@ -30,7 +30,7 @@ def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
     model, data, energy, budget = setup
     runs = []
     ctx = _ctx(data, energy, budget, runs)
-    out = METHODS.get("splitting")(copy.deepcopy(model), ctx)
+    out = METHODS.get("splitting")(copy.deepcopy(model), ctx, judge_images=0)  # every round's move kept
     assert energy.predict(out, data.input_shape).total <= budget
     rounds = ctx.records["growth_steps"]  # one record per round that split
     assert [r["step"] for r in rounds] == [1, 2, 3] and all(r["split_per_group"] for r in rounds)
@@ -42,7 +42,7 @@ def test_realloc_stays_at_the_budget_and_trains_the_same_epochs(setup):
 def test_realloc_rounds_can_take_a_smaller_share_of_the_schedule(setup):
     model, data, energy, budget = setup
     runs = []
-    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, runs), rounds_share=0.3)
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, runs), rounds_share=0.3, judge_images=0)
     assert [e for _, _, e in runs] == pytest.approx([0.04, 0.04, 0.04, 0.28])  # 10% of 0.4 epochs per round
     with pytest.raises(ConfigError, match="rounds_share"):
         METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds_share=1.0)
@@ -58,7 +58,7 @@ def test_realloc_can_fine_tune_each_slice_before_its_round(setup):
         widths = []
         ctx = _ctx(data, energy, budget, [])
         ctx.on_train = lambda desc, m, result: widths.append((desc, build_inventory(m, data.input_shape).widths()))
-        METHODS.get("splitting")(copy.deepcopy(model), ctx, finetune_first=first)
+        METHODS.get("splitting")(copy.deepcopy(model), ctx, finetune_first=first, judge_images=0)
         assert [d for d, _ in widths] == ["round 1 fine-tune", "round 2 fine-tune", "round 3 fine-tune",
                                           "final fine-tune"]
         assert (widths[0][1] == taylor_widths) is same
@@ -151,7 +151,7 @@ def test_realloc_can_leave_the_frozen_residual_streams_where_taylor_put_them(dig
 
 def test_judged_rounds_train_an_unmoved_copy_and_keep_the_lower_loss(setup):
     """``judge_images``: every round trains a copy without its move on the same slice, and keeps the move
-    only if its loss on the judge images is lower; undone rounds leave no split record."""
+    only if its loss on the judge images is lower; every round's split record notes what the judge said."""
     model, data, energy, budget = setup
     runs = []
     ctx = _ctx(data, energy, budget, runs)
@@ -159,9 +159,13 @@ def test_judged_rounds_train_an_unmoved_copy_and_keep_the_lower_loss(setup):
     judged = ctx.records["judged_rounds"]
     assert [j["round"] for j in judged] == [1, 2]
     assert all(j["kept"] == (j["loss_moved"] < j["loss_unmoved"]) for j in judged)
-    assert [r["step"] for r in ctx.records["growth_steps"]] == [j["round"] for j in judged if j["kept"]]
+    notes = [(r["step"], r["note"].split(":")[0]) for r in ctx.records["growth_steps"]]
+    assert notes == [(j["round"], "move kept" if j["kept"] else "move undone") for j in judged]
     assert [d for d, _, _ in runs] == ["round 1 fine-tune", "round 1 fine-tune without the move", "round 2 fine-tune",
                                        "round 2 fine-tune without the move", "final fine-tune"]
+    # the network kept trains the baselines' epochs; the copy of each round trains its slice once more
+    assert sum(e for d, _, e in runs if "without" not in d) == pytest.approx(0.4)
+    assert sum(e for _, _, e in runs) == pytest.approx(0.4 + 2 * 0.4 / 3)
     assert energy.predict(out, data.input_shape).total <= budget
     with pytest.raises(ConfigError, match="finetune_first"):
         METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), judge_images=8,
@@ -181,6 +185,7 @@ def test_a_judged_round_that_loses_is_undone(setup, monkeypatch):
     monkeypatch.setattr(loop, "evaluate", lambda m, d, **kw: real(m, d, **kw) if len(d) != 50 else
                         loop.EvalResult(0.0, 1.0, 50, 0.0))  # the judge sees a tie: never lower
     out = METHODS.get("splitting")(copy.deepcopy(model), ctx, rounds=1, judge_images=50)
-    assert not ctx.records["judged_rounds"][0]["kept"] and ctx.records["growth_steps"] == []
+    assert not ctx.records["judged_rounds"][0]["kept"]
+    assert ctx.records["growth_steps"][0]["note"].startswith("move undone: judge loss")
     assert widths["round 1 fine-tune"] != widths["round 1 fine-tune without the move"]
     assert build_inventory(out, data.input_shape).widths() == widths["round 1 fine-tune without the move"]

@@ -64,12 +64,13 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
               grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False,
               prune_per_cost: bool = True, rounds_share: float | None = None,
-              finetune_first: bool = False, judge_images: int = 0) -> nn.Module:
+              finetune_first: bool = False, judge_images: int = 2048) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
-    filled to the budget as the growth's last step does); fine-tune}, then a final fine-tune. The model
-    stays at the budget and only moves width between layers.
+    filled to the budget as the growth's last step does); fine-tune; keep the move only if it lowered the
+    loss (``judge_images``)}, then a final fine-tune. The model stays at the budget and only moves width
+    between layers, and only where a round measured that it helps.
     Pruning comes first in a round: the offspring of a fresh split are near-copies that each carry half of
     their parent's output weight, so a Taylor ranking right after a split would prune them back. Epochs:
     ``train.epochs`` cut into ``rounds + 1`` equal slices of one learning-rate schedule, the same total as
@@ -88,10 +89,12 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     ``finetune_first``: each round fine-tunes its slice before it prunes and splits (not after), so the
     first round scores a network that has recovered from the pruning to the budget (at 10% of the energy
     that pruning leaves a network at chance accuracy); the final slice still follows the last round.
-    ``judge_images``: when > 0, every round is judged: a copy of the network without the round's move
-    trains the same slice (same seed, same batches) and the move is kept only if its cross-entropy on this
-    many training images (a fixed, seeded draw) is lower; otherwise the round is undone, so a round can only
-    move width where it measurably helps. The rejected copies' training is counted (``ctx.on_train``).
+    ``judge_images``: when > 0 (2,048, the default, chosen on validation data:
+    benchmarks/results/tune-judged-0cbfeb2), every round is judged: a copy of the network without the
+    round's move trains the same slice (same seed, same batches) and the move is kept only if its
+    cross-entropy on this many training images (a fixed, seeded draw) is lower; otherwise the round is
+    undone. The copies' training is extra compute (7 slices instead of 4 with 3 rounds), counted by
+    ``ctx.on_train``; 0 moves every round unjudged (the default before).
     Chosen over :func:`splitting_grow` on validation data (README, Results)."""
     import copy
     from dataclasses import asdict
@@ -150,23 +153,25 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
         if not finetune_first:
             round_epochs = tune(model, r)
+        note = ""
         if unmoved is not None:
             tune(unmoved, r, "fine-tune without the move")
-            losses = evaluate(model, judge).loss, evaluate(unmoved, judge).loss
-            judged.append({"round": r + 1, "kept": losses[0] < losses[1], "loss_moved": losses[0],
-                           "loss_unmoved": losses[1]})
-            ctx.log(f"round {r + 1}: judge loss {losses[0]:.4f} with the move, {losses[1]:.4f} without: "
-                    f"{'kept' if losses[0] < losses[1] else 'undone'}")
-            if not losses[0] < losses[1]:
+            moved_loss, unmoved_loss = evaluate(model, judge).loss, evaluate(unmoved, judge).loss
+            kept = moved_loss < unmoved_loss
+            judged.append({"round": r + 1, "kept": kept, "loss_moved": moved_loss, "loss_unmoved": unmoved_loss})
+            note = (f"move {'kept' if kept else 'undone'}: judge loss {moved_loss:.4f} with it, "
+                    f"{unmoved_loss:.4f} without")
+            ctx.log(f"round {r + 1}: {note}")
+            if not kept:
                 model = unmoved
-                result.steps = []
-        steps += [replace(s, step=r + 1, epochs=round_epochs) for s in result.steps]
+        steps += [replace(s, step=r + 1, epochs=round_epochs, note=note or s.note) for s in result.steps]
         if checkpoint is not None:
             checkpoint.save(model, steps, f"round {r + 1}")
     if epochs > 0:
         train_model(model, ctx, replace(ctx.train, epochs=epochs * (1.0 - spans[-1][0]), span=spans[-1],
                                         seed=ctx.seed + rounds), "final fine-tune", val=ctx.data.val)
-    # one step record per round that split (the round's split and its cost after the fill), for the report
+    # one step record per round that split (the round's split and its cost after the fill; an undone move's
+    # record says so in its note), for the report
     ctx.records["growth_steps"] = [asdict(s) for s in steps]
     ctx.records["stop_reason"] = f"{rounds} reallocation rounds of {delta:.0%} of the budget"
     if judged:
