@@ -133,8 +133,6 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
                         f"round {r + 1} {desc}", val=ctx.data.val)
         return round_epochs
 
-    judged = []
-
     for r in range(done, rounds):
         if finetune_first:
             round_epochs = tune(model, r)
@@ -158,7 +156,6 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
             tune(unmoved, r, "fine-tune without the move")
             moved_loss, unmoved_loss = evaluate(model, judge).loss, evaluate(unmoved, judge).loss
             kept = moved_loss < unmoved_loss
-            judged.append({"round": r + 1, "kept": kept, "loss_moved": moved_loss, "loss_unmoved": unmoved_loss})
             note = (f"move {'kept' if kept else 'undone'}: judge loss {moved_loss:.4f} with it, "
                     f"{unmoved_loss:.4f} without")
             ctx.log(f"round {r + 1}: {note}")
@@ -174,10 +171,10 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     # record says so in its note), for the report
     ctx.records["growth_steps"] = [asdict(s) for s in steps]
     ctx.records["stop_reason"] = f"{rounds} reallocation rounds of {delta:.0%} of the budget"
-    if judged:
-        ctx.records["judged_rounds"] = judged
-        ctx.records["stop_reason"] += (f", {sum(j['kept'] for j in judged)} of {len(judged)} judged moves kept "
-                                       f"({judge_images} training images)")
+    verdicts = [s.note for s in steps if s.note.startswith("move ")]  # also those of rounds before a resume
+    if verdicts:
+        kept = sum(v.startswith("move kept") for v in verdicts)
+        ctx.records["stop_reason"] += f", {kept} of {len(verdicts)} judged moves kept ({judge_images} training images)"
     return model
 
 
