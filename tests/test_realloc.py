@@ -190,3 +190,32 @@ def test_a_judged_round_that_loses_is_undone(setup, monkeypatch):
     assert ctx.records["growth_steps"][0]["note"].startswith("move undone: judge loss")
     assert widths["round 1 fine-tune"] != widths["round 1 fine-tune without the move"]
     assert build_inventory(out, data.input_shape).widths() == widths["round 1 fine-tune without the move"]
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_realloc_can_carry_the_momentum_across_its_slices(setup, monkeypatch, carry):
+    """``carry_momentum``: every slice after the first starts from the momentum the previous one left, for
+    the parameters the round's surgery did not replace (the moved network's edited layers start afresh);
+    without it every slice restarts its momentum."""
+    import energysplit.methods.context as context
+
+    model, data, energy, budget = setup
+    seen = []
+    real = context.train
+
+    def spy(m, d, config, **kw):
+        carried = kw.get("momentum")
+        params = set(m.parameters())
+        seen.append(None if carried is None else (sum(p in params for p in carried), len(params)))
+        return real(m, d, config, **kw)
+
+    monkeypatch.setattr(context, "train", spy)
+    METHODS.get("splitting")(copy.deepcopy(model), _ctx(data, energy, budget, []), rounds=2, judge_images=50,
+                             carry_momentum=carry)
+    assert len(seen) == 5  # two rounds with their copies, then the final fine-tune
+    if not carry:
+        assert seen == [None] * 5
+    else:
+        assert seen[0][0] == seen[1][0] == 0  # nothing trained yet
+        assert seen[3][0] == seen[3][1] and seen[4][0] > 0  # the copy without the move continues all of it
+        assert 0 < seen[2][0] < seen[2][1]  # the moved network: only the layers its surgery left alone

@@ -68,3 +68,33 @@ def test_phases_with_spans_follow_one_schedule():
     assert _lrs(4, span=(0.5, 0.5)) == pytest.approx([0.5] * 4)
     with pytest.raises(ValueError, match="span"):
         TrainConfig(span=(0.6, 0.4))
+
+
+def test_momentum_carried_across_phases_makes_them_one_run(digits):
+    """Two runs over the halves of one schedule, full-batch (the batch order cannot differ), with the
+    momentum carried from the first to the second end where one run over the whole schedule ends; without
+    the carry the second restarts its momentum and ends elsewhere. Deep-copied together, the carry's keys
+    follow the model's copy."""
+    import copy
+
+    data = digits.subset(train=256).train
+    torch.manual_seed(0)
+    start = create_model("vgg_small", width=0.25)
+    config = TrainConfig(epochs=4, batch_size=256, lr=0.05, progress=False)
+    whole = copy.deepcopy(start)
+    train(whole, data, config)
+    phased, carried = copy.deepcopy(start), {}
+    for span in ((0.0, 0.5), (0.5, 1.0)):
+        train(phased, data, TrainConfig(epochs=2, batch_size=256, lr=0.05, span=span, progress=False),
+              momentum=carried)
+    restarted = copy.deepcopy(start)
+    for span in ((0.0, 0.5), (0.5, 1.0)):
+        train(restarted, data, TrainConfig(epochs=2, batch_size=256, lr=0.05, span=span, progress=False))
+    for a, b, c in zip(whole.parameters(), phased.parameters(), restarted.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert max((a - c).abs().max().item() for a, c in zip(whole.parameters(), restarted.parameters())) > 1e-3
+    assert set(carried) == set(phased.parameters())
+    copied, copied_carry = copy.deepcopy((phased, carried))
+    assert set(copied_carry) == set(copied.parameters())  # the keys follow the copy
+    first = next(copied.parameters())
+    torch.testing.assert_close(copied_carry[first], carried[next(phased.parameters())])

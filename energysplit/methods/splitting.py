@@ -64,7 +64,8 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
 def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: float = 0.1,
               grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False,
               prune_per_cost: bool = True, rounds_share: float | None = None,
-              finetune_first: bool = False, judge_images: int = 2048) -> nn.Module:
+              finetune_first: bool = False, judge_images: int = 2048,
+              carry_momentum: bool = False) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -94,7 +95,9 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     round's move trains the same slice (same seed, same batches) and the move is kept only if its
     cross-entropy on this many training images (a fixed, seeded draw) is lower; otherwise the round is
     undone. The copies' training is extra compute (7 slices instead of 4 with 3 rounds), counted by
-    ``ctx.on_train``; 0 moves every round unjudged (the default before).
+    ``ctx.on_train``; 0 moves every round unjudged (the default before). ``carry_momentum``: the slices
+    continue one SGD momentum (``train(momentum=...)``) for the parameters a round's surgery left untouched,
+    instead of restarting it in each slice (not kept across a resume).
     Chosen over :func:`splitting_grow` on validation data (README, Results)."""
     import copy
     from dataclasses import asdict
@@ -126,18 +129,20 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         prune_to_budget(model, ctx, "taylor")
     saving = replace(ctx, cost_aware=prune_per_cost)
 
-    def tune(m: nn.Module, r: int, desc: str = "fine-tune") -> float:
+    momentum = {} if carry_momentum else None
+
+    def tune(m: nn.Module, r: int, carried: dict | None, desc: str = "fine-tune") -> float:
         round_epochs = epochs * (spans[r][1] - spans[r][0])
         if round_epochs > 0:
             train_model(m, ctx, replace(ctx.train, epochs=round_epochs, span=spans[r], seed=ctx.seed + r),
-                        f"round {r + 1} {desc}", val=ctx.data.val)
+                        f"round {r + 1} {desc}", val=ctx.data.val, momentum=carried)
         return round_epochs
 
     for r in range(done, rounds):
         if finetune_first:
-            round_epochs = tune(model, r)
+            round_epochs = tune(model, r, momentum)
         pruned(ctx.seed * 100 + r)  # after the first pruning, or after the last fine-tune
-        unmoved = copy.deepcopy(model) if judge is not None else None
+        unmoved, unmoved_momentum = copy.deepcopy((model, momentum)) if judge is not None else (None, None)
         still = replace(ctx.train, epochs=0.0)
         config = GrowConfig(step_growth=1.5 / (1 - delta), max_steps=1, planned_steps=1, seed=ctx.seed * 100 + r,
                             channel_multiple=ctx.channel_multiple, finetune=still, final_finetune=still,
@@ -150,23 +155,24 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         pruned(ctx.seed * 100 + r)
         result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, log=ctx.log)
         if not finetune_first:
-            round_epochs = tune(model, r)
+            round_epochs = tune(model, r, momentum)
         note = ""
         if unmoved is not None:
-            tune(unmoved, r, "fine-tune without the move")
+            tune(unmoved, r, unmoved_momentum, "fine-tune without the move")
             moved_loss, unmoved_loss = evaluate(model, judge).loss, evaluate(unmoved, judge).loss
             kept = moved_loss < unmoved_loss
             note = (f"move {'kept' if kept else 'undone'}: judge loss {moved_loss:.4f} with it, "
                     f"{unmoved_loss:.4f} without")
             ctx.log(f"round {r + 1}: {note}")
             if not kept:
-                model = unmoved
+                model, momentum = unmoved, unmoved_momentum
         steps += [replace(s, step=r + 1, epochs=round_epochs, note=note or s.note) for s in result.steps]
         if checkpoint is not None:
             checkpoint.save(model, steps, f"round {r + 1}")
     if epochs > 0:
         train_model(model, ctx, replace(ctx.train, epochs=epochs * (1.0 - spans[-1][0]), span=spans[-1],
-                                        seed=ctx.seed + rounds), "final fine-tune", val=ctx.data.val)
+                                        seed=ctx.seed + rounds), "final fine-tune", val=ctx.data.val,
+                    momentum=momentum)
     # one step record per round that split (the round's split and its cost after the fill; an undone move's
     # record says so in its note), for the report
     ctx.records["growth_steps"] = [asdict(s) for s in steps]

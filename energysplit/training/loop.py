@@ -133,17 +133,22 @@ def progress_bar(iterable, total: int, desc: str, enabled: bool):
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), val: Dataset | None = None,
           sampler: Sampler | None = None, desc: str = "train",
-          penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainResult:
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None, momentum: dict | None = None) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` (fractions allowed) and return a record.
 
     ``penalty(model)``, if given, is added to the loss (e.g. network slimming's L1 on BN scales). Runs on
     the compute device (:mod:`energysplit._device`); the model comes back on its own device.
+    ``momentum``: SGD momentum buffers by parameter, read at the start and replaced at the end, so that
+    runs that cover consecutive spans of one schedule continue one optimizer instead of restarting its
+    momentum in each (a phase of 16 steps would spend most of them rebuilding it). Surgery replaces the
+    parameters it edits, so only the untouched ones continue; ``copy.deepcopy((model, momentum))`` copies
+    both together.
     """
     with on_compute_device(model):
-        return _train(model, data, config, val, sampler, desc, penalty)
+        return _train(model, data, config, val, sampler, desc, penalty, momentum)
 
 
-def _train(model, data, config, val, sampler, desc, penalty) -> TrainResult:
+def _train(model, data, config, val, sampler, desc, penalty, momentum=None) -> TrainResult:
     seed_everything(config.seed)
     start = time.perf_counter()
     device = model_device(model)
@@ -154,6 +159,10 @@ def _train(model, data, config, val, sampler, desc, penalty) -> TrainResult:
     total = int(round(config.epochs * len(loader)))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    if momentum:
+        for p in model.parameters():
+            if p in momentum and momentum[p].shape == p.shape:
+                optimizer.state[p]["momentum_buffer"] = momentum[p].to(p.device).clone()
     set_lr = lr_schedule(optimizer, config, total)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
@@ -181,6 +190,9 @@ def _train(model, data, config, val, sampler, desc, penalty) -> TrainResult:
             bar.set_postfix(loss=f"{running:.3f}")
     if net is not model:  # DDP syncs gradients, not BatchNorm statistics: take rank 0's
         broadcast_module_(model)
+    if momentum is not None:
+        momentum.clear()
+        momentum.update({p: st["momentum_buffer"] for p, st in optimizer.state.items() if "momentum_buffer" in st})
     result = TrainResult(config.epochs, total, 0.0, running)
     if val is not None:
         ev = evaluate(model, val, progress=False)
