@@ -49,7 +49,9 @@ setting changed; until reallocation became the default, `splitting` was seed and
   (``splitting(carry_momentum=True)``) instead of restarting it in each: on the medium profile a slice is 16
   steps, and Nesterov momentum 0.9 needs about 10 to build up, so four restarts cost the sliced methods
   training that Taylor's single run keeps (in tune-judged-0cbfeb2's test run the rounds whose moves were all
-  undone, Taylor's widths, ended 0.37 points below Taylor).
+  undone, Taylor's widths, ended 0.37 points below Taylor). The default since the tuning run
+  tune-carry-9858151 (so the same as `splitting` now); splitting-restart: each slice restarts its momentum
+  (``carry_momentum=False``, the default before; every variant above it ran that way).
 """
 import functools
 import sys
@@ -80,6 +82,7 @@ VARIANTS["splitting-tunefirst"] = functools.partial(splitting, finetune_first=Tr
 VARIANTS["splitting-judged"] = functools.partial(splitting, judge_images=2048)
 VARIANTS["splitting-unjudged"] = functools.partial(splitting, judge_images=0)
 VARIANTS["splitting-carry"] = functools.partial(splitting, carry_momentum=True)
+VARIANTS["splitting-restart"] = functools.partial(splitting, carry_momentum=False)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT,
                   "releps": RELEPS, "releps-invariant": RELEPS_INVARIANT}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)

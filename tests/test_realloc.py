@@ -219,3 +219,20 @@ def test_realloc_can_carry_the_momentum_across_its_slices(setup, monkeypatch, ca
         assert seen[0][0] == seen[1][0] == 0  # nothing trained yet
         assert seen[3][0] == seen[3][1] and seen[4][0] > 0  # the copy without the move continues all of it
         assert 0 < seen[2][0] < seen[2][1]  # the moved network: only the layers its surgery left alone
+
+
+def test_a_checkpoint_keeps_the_momentum_of_its_phase(setup, tmp_path):
+    """The carried momentum is saved with the round and restored by parameter name onto the reloaded model;
+    a momentum file tagged with another phase (a crash between the two writes) is not used."""
+    from energysplit.splitting.growth import Checkpoint
+
+    model, data, _, _ = setup
+    checkpoint = Checkpoint(tmp_path, {"name": "vgg_small", "kwargs": {"width": 0.25, "act": "silu"}}, data.input_shape)
+    momentum = {p: torch.full_like(p, i) for i, p in enumerate(model.parameters())}
+    checkpoint.save(model, [], "round 1", momentum)
+    restored, _, phase = checkpoint.load()
+    carried = checkpoint.momentum(restored, phase)
+    assert set(carried) == set(restored.parameters())
+    for p, q in zip(model.parameters(), restored.parameters()):
+        torch.testing.assert_close(carried[q], momentum[p])
+    assert checkpoint.momentum(restored, "round 2") == {}

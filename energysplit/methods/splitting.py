@@ -65,7 +65,7 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
               grow_options: dict | None = None, recalibrate: int = 20, prune_frozen: bool = False,
               prune_per_cost: bool = True, rounds_share: float | None = None,
               finetune_first: bool = False, judge_images: int = 2048,
-              carry_momentum: bool = False) -> nn.Module:
+              carry_momentum: bool = True) -> nn.Module:
     """Energy-aware splitting for compression (the default method), by reallocation at constant budget:
     Taylor-prune to the budget, then ``rounds`` rounds of {prune ``delta`` of the budget by Taylor
     importance per unit of saving; split the same cost back by energy-aware splitting (LP on lambda / T,
@@ -95,9 +95,10 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     round's move trains the same slice (same seed, same batches) and the move is kept only if its
     cross-entropy on this many training images (a fixed, seeded draw) is lower; otherwise the round is
     undone. The copies' training is extra compute (7 slices instead of 4 with 3 rounds), counted by
-    ``ctx.on_train``; 0 moves every round unjudged (the default before). ``carry_momentum``: the slices
-    continue one SGD momentum (``train(momentum=...)``) for the parameters a round's surgery left untouched,
-    instead of restarting it in each slice (not kept across a resume).
+    ``ctx.on_train``; 0 moves every round unjudged (the default before). ``carry_momentum`` (the default,
+    chosen on validation data: benchmarks/results/tune-carry-9858151): the slices continue one SGD momentum
+    (``train(momentum=...)``) for the parameters a round's surgery left untouched, instead of restarting it
+    in each slice (False: restart, the default before).
     Chosen over :func:`splitting_grow` on validation data (README, Results)."""
     import copy
     from dataclasses import asdict
@@ -121,15 +122,16 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     spans = [(share * r / rounds, share * (r + 1) / rounds) for r in range(rounds)] + [(share if rounds else 0.0, 1.0)]
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     steps, done = [], 0
+    momentum = {} if carry_momentum else None
     if ctx.resume and checkpoint is not None and (restored := checkpoint.load()) is not None:
         model, steps, phase = restored
         done = int(phase.removeprefix("round "))
+        if carry_momentum:
+            momentum = checkpoint.momentum(model, phase)
         ctx.log(f"resumed from {checkpoint.dir} after reallocation round {done}")
     else:
         prune_to_budget(model, ctx, "taylor")
     saving = replace(ctx, cost_aware=prune_per_cost)
-
-    momentum = {} if carry_momentum else None
 
     def tune(m: nn.Module, r: int, carried: dict | None, desc: str = "fine-tune") -> float:
         round_epochs = epochs * (spans[r][1] - spans[r][0])
@@ -168,7 +170,7 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
                 model, momentum = unmoved, unmoved_momentum
         steps += [replace(s, step=r + 1, epochs=round_epochs, note=note or s.note) for s in result.steps]
         if checkpoint is not None:
-            checkpoint.save(model, steps, f"round {r + 1}")
+            checkpoint.save(model, steps, f"round {r + 1}", momentum)
     if epochs > 0:
         train_model(model, ctx, replace(ctx.train, epochs=epochs * (1.0 - spans[-1][0]), span=spans[-1],
                                         seed=ctx.seed + rounds), "final fine-tune", val=ctx.data.val,

@@ -32,7 +32,7 @@ from .curvature import CurvatureConfig
 from ..training.data import DataSplits
 from ..errors import BudgetError, ConfigError
 from ..graph.inventory import Inventory
-from .._io import atomic_write_json
+from .._io import atomic_save, atomic_write_json
 from ..graph.plan import Plan
 from ..training.loop import TrainConfig, seed_everything, train
 from .planning import fit_plan, plan_step
@@ -130,17 +130,23 @@ def scoring_batches(data: DataSplits, samples: int, batch_size: int, seed: int) 
 
 
 class Checkpoint:
-    """``DIR/model.es``: the model archive with the step log and phase in its metadata, written atomically
-    as one file (weights and log never disagree); ``DIR/state.json``, a readable copy written after it."""
+    """``DIR/model.es``: the model archive with the step log and phase in its metadata, one atomic file;
+    ``DIR/state.json``, a readable copy; ``DIR/momentum.pt``, a carried momentum by parameter name, written
+    before the archive and tagged with its phase (after a crash between the two, the tags differ and the
+    resumed run restarts its momentum)."""
 
     def __init__(self, directory: str | Path, arch: dict, input_shape):
         self.dir, self.arch, self.input_shape = Path(directory), arch, tuple(input_shape)
 
-    def save(self, model, steps: list[StepRecord], phase: str) -> None:
+    def save(self, model, steps: list[StepRecord], phase: str, momentum: dict | None = None) -> None:
         from ..graph.archive import save_model
         from ..training.distributed import barrier, is_main
 
         if is_main():  # data-parallel runs: rank 0 writes, the others wait for it
+            if momentum is not None:
+                names = {p: n for n, p in model.named_parameters()}
+                buffers = {names[p]: b.detach().cpu() for p, b in momentum.items() if p in names}
+                atomic_save({"phase": phase, "buffers": buffers}, self.dir / "momentum.pt")
             state = {"phase": phase, "steps": [asdict(s) for s in steps]}
             save_model(model, self.dir / "model.es", self.arch, self.input_shape, meta={"growth": state})
             atomic_write_json(self.dir / "state.json", state)
@@ -154,6 +160,15 @@ class Checkpoint:
         model, record = load_model(self.dir / "model.es")
         state = record["meta"]["growth"]
         return model, [StepRecord(**s) for s in state["steps"]], state["phase"]
+
+    def momentum(self, model, phase: str) -> dict:
+        """The momentum saved with ``phase``, keyed by ``model``'s parameters ({} if none was)."""
+        path = self.dir / "momentum.pt"
+        record = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else {}
+        if record.get("phase") != phase:
+            return {}
+        params = dict(model.named_parameters())
+        return {params[n]: b for n, b in record["buffers"].items() if n in params}
 
 
 def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: GrowConfig = GrowConfig(),
