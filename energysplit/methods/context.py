@@ -15,8 +15,6 @@ from ..training.loop import TrainConfig, train
 
 METHODS = Registry("method")
 
-METHODS = Registry("method")
-
 
 @dataclass
 class MethodContext:
@@ -59,7 +57,9 @@ def finetune(model: nn.Module, ctx: MethodContext, epochs: float, desc: str = "f
 
 
 def prune_to_budget(model, ctx: MethodContext, criterion: str, budget: float | None = None, best_effort: bool = False,
-           keep: frozenset = frozenset()):
+                    keep: frozenset = frozenset()):
+    """Prune ``model`` in place by ``criterion`` to ``budget`` (the context's by default) with the context's
+    pruning settings (Taylor scores on the context's scoring batches); returns the prune result."""
     from ..pruning.prune import PruneConfig, prune_
 
     cfg = PruneConfig(min_fraction=ctx.prune_min_fraction, cost_aware=ctx.cost_aware,

@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import BudgetError
 from .context import METHODS, MethodContext, finetune, prune_to_budget, train_model
 
+
 def _register_pruner(name: str, doc: str):
     def method(model: nn.Module, ctx: MethodContext) -> nn.Module:
         prune_to_budget(model, ctx, name)

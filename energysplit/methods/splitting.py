@@ -13,6 +13,7 @@ from ..errors import BudgetError, ConfigError
 from ..training.loop import TrainConfig
 from .context import METHODS, MethodContext, prune_to_budget, train_model
 
+
 @METHODS.register("splitting-grow")
 def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor",
                    one_schedule: bool = True, grow_options: dict | None = None) -> nn.Module:
