@@ -91,8 +91,8 @@ def test_an_interrupted_run_resumes_to_the_same_result(reference, private, tmp_p
 
     save = growth.Checkpoint.save
 
-    def save_then_stop(self, model, steps, phase):
-        save(self, model, steps, phase)
+    def save_then_stop(self, model, steps, phase, momentum=None):
+        save(self, model, steps, phase, momentum)
         if len(steps) == 1:
             raise KeyboardInterrupt
 

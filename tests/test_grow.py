@@ -6,7 +6,8 @@ import torch
 from energysplit.errors import BudgetError
 from energysplit.cost.estimator import create_target
 from energysplit.graph.trace import build_inventory
-from energysplit.splitting.growth import Checkpoint, GrowConfig, grow
+from energysplit.splitting.checkpoint import Checkpoint
+from energysplit.splitting.growth import GrowConfig, grow
 from energysplit.splitting.planning import fit_plan
 from energysplit.graph.plan import Split
 from energysplit.training.loop import TrainConfig, train
@@ -93,6 +94,44 @@ def test_resume_after_an_interruption_gives_the_same_model(digits, seed_model, t
     assert [s.cost_after for s in resumed.steps] == [s.cost_after for s in full.steps]
     for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_carried_momentum_is_checkpointed_with_each_step_and_resumes(digits, seed_model, tmp_path):
+    """grow(momentum={}) continues one momentum through its fine-tunes: the result differs from restarting
+    it, and a run interrupted after step 1 resumes to the uninterrupted model, but only with the momentum
+    file its checkpoint wrote."""
+    import shutil
+
+    energy = create_target("mobile")
+    budget = 1.8 * energy.predict(seed_model, digits.input_shape).total
+    full = grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), log=lambda s: None, momentum={})
+    restarted = grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), log=lambda s: None)
+    assert len(full.steps) >= 2
+    assert not torch.equal(full.model.classifier[-1].weight, restarted.model.classifier[-1].weight)
+
+    class Stop(Exception):
+        pass
+
+    def stop_before_saving_step_2(line):
+        if line.startswith("step 2:"):
+            raise Stop
+
+    arch = ARCH | {"kwargs": {**ARCH["kwargs"], "in_channels": 1, "num_classes": 10}}
+    ckpt = Checkpoint(tmp_path / "work", arch, digits.input_shape)
+    with pytest.raises(Stop):
+        grow(copy.deepcopy(seed_model), digits, energy, budget, _config(), checkpoint=ckpt,
+             log=stop_before_saving_step_2, momentum={})
+    shutil.copytree(tmp_path / "work", tmp_path / "lost")
+    (tmp_path / "lost" / "momentum.pt").unlink()
+    runs = {}
+    for name in ("work", "lost"):
+        runs[name] = grow(copy.deepcopy(seed_model), digits, energy, budget, _config(),
+                          checkpoint=Checkpoint(tmp_path / name, arch, digits.input_shape), resume=True,
+                          log=lambda s: None, momentum={})
+    assert [s.cost_after for s in runs["work"].steps] == [s.cost_after for s in full.steps]
+    for a, b in zip(runs["work"].model.state_dict().values(), full.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(runs["lost"].model.classifier[-1].weight, full.model.classifier[-1].weight)
 
 
 def _replay_first_step(seed_model, digits, energy, budget):

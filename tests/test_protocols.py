@@ -114,6 +114,47 @@ def test_unused_step_slices_go_to_the_final_phase(data, counted):
     assert sum(counted) == pytest.approx(E) and ctx.records["epochs"]["final"] == pytest.approx(E * 0.6)
 
 
+@pytest.mark.parametrize("carry", [False, True])
+@pytest.mark.parametrize("path", ["grow protocol", "splitting-grow"])
+def test_carried_momentum_runs_through_every_phase_of_a_growth(path, carry, data, monkeypatch):
+    """With carry_momentum, the seed's training, every growth step and the final fine-tune continue one
+    momentum (one dict, holding the buffers of the parameters each step's surgery left alone: all of them
+    when the final fine-tune starts); without it every training run restarts it."""
+    from energysplit.zoo import create_model
+
+    seen = []
+    inner = loop._train
+
+    def spying(model, data, config, *args):
+        momentum = args[-1]
+        carried = None if momentum is None else sum(p in momentum for p in model.parameters())
+        seen.append(None if momentum is None else (id(momentum), carried, len(list(model.parameters()))))
+        return inner(model, data, config, *args)
+
+    monkeypatch.setattr(loop, "_train", spying)
+    if path == "grow protocol":
+        arch = {"name": "vgg_small", "kwargs": {"in_channels": 1, "num_classes": 10, "width": 0.5}}
+        from energysplit.pipeline.seed_growth import build
+
+        ctx = _context(data, 0.25 * create_target("mobile").predict(build(arch, 0.5), data.input_shape).total, arch)
+        ctx.train = replace(ctx.train, epochs=4.0, batch_size=16)  # a few SGD steps in every phase
+        grow_from_seed(ctx, replace(RECIPE, carry_momentum=carry))
+    else:
+        torch.manual_seed(0)
+        base = create_model("vgg_small", width=0.25)
+        ctx = _context(data, 0.5 * create_target("mobile").predict(base, data.input_shape).total,
+                       {"name": "vgg_small", "kwargs": {"width": 0.25}})
+        ctx.train = replace(ctx.train, epochs=4.0, batch_size=16)
+        METHODS.get("splitting-grow")(base, ctx, carry_momentum=carry)
+    assert len(seen) >= 3 and ctx.records["growth_steps"]  # the seed's phase, one step or more, the final one
+    if not carry:
+        assert seen == [None] * len(seen)
+    else:
+        assert len({ident for ident, _, _ in seen}) == 1
+        assert seen[0][1] == 0  # nothing trained yet
+        assert seen[-1][1] == seen[-1][2]  # no surgery before the final fine-tune: every parameter continues
+
+
 def test_the_ablations_spend_the_same_cost_per_step_as_splitting(data):
     """Same seed, same step limits (seed cost x growth^k): every step of splitting-blind and splitting-random
     lands within one channel block of splitting's."""

@@ -223,16 +223,17 @@ def test_realloc_can_carry_the_momentum_across_its_slices(setup, monkeypatch, ca
 
 def test_a_checkpoint_keeps_the_momentum_of_its_phase(setup, tmp_path):
     """The carried momentum is saved with the round and restored by parameter name onto the reloaded model;
-    a momentum file tagged with another phase (a crash between the two writes) is not used."""
-    from energysplit.splitting.growth import Checkpoint
+    a momentum file tagged with another phase or step count (a crash between the two writes) is not used."""
+    from energysplit.splitting.checkpoint import Checkpoint
 
     model, data, _, _ = setup
     checkpoint = Checkpoint(tmp_path, {"name": "vgg_small", "kwargs": {"width": 0.25, "act": "silu"}}, data.input_shape)
     momentum = {p: torch.full_like(p, i) for i, p in enumerate(model.parameters())}
     checkpoint.save(model, [], "round 1", momentum)
-    restored, _, phase = checkpoint.load()
-    carried = checkpoint.momentum(restored, phase)
+    restored, steps, phase = checkpoint.load()
+    carried = checkpoint.momentum(restored, phase, steps)
     assert set(carried) == set(restored.parameters())
     for p, q in zip(model.parameters(), restored.parameters()):
         torch.testing.assert_close(carried[q], momentum[p])
-    assert checkpoint.momentum(restored, "round 2") == {}
+    assert checkpoint.momentum(restored, "round 2", steps) == {}
+    assert checkpoint.momentum(restored, phase, [object()]) == {}  # saved after another number of steps

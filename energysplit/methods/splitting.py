@@ -16,15 +16,18 @@ from .context import METHODS, MethodContext, prune_to_budget, train_model
 
 @METHODS.register("splitting-grow")
 def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 0.7, seed_method: str = "taylor",
-                   one_schedule: bool = True, grow_options: dict | None = None) -> nn.Module:
+                   one_schedule: bool = True, carry_momentum: bool = False,
+                   grow_options: dict | None = None) -> nn.Module:
     """Seed and grow (the ``splitting`` default until reallocation beat it on validation data, README
     Results): shrink the trained model to a seed costing ``seed_fraction`` of the budget with the strongest
     pruning baseline (Taylor, keeping weights), then grow it back to the budget by energy-aware splitting
     (steps of at most x1.4). Fine-tuning epochs: 30% after seeding, 20% spread over the growth steps, 50%
     final, the same total as every baseline; with ``one_schedule`` the phases follow one learning-rate
     schedule (each covers its part of it, as the baselines' single fine-tune does) instead of restarting
-    it. ``grow_options`` as in :func:`splitting`."""
-    from ..splitting.growth import Checkpoint, GrowConfig, grow
+    it; with ``carry_momentum`` they continue one SGD momentum (as :func:`splitting`'s slices do) instead of
+    restarting it in each. ``grow_options`` as in :func:`splitting`."""
+    from ..splitting.checkpoint import Checkpoint
+    from ..splitting.growth import GrowConfig, grow
 
     seed_budget = seed_fraction * ctx.budget
     steps = max(1, math.ceil(math.log(1 / seed_fraction) / math.log(1.4) - 1e-9))
@@ -34,6 +37,7 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
         return replace(ctx.train, epochs=share * epochs, span=span if one_schedule else (0.0, 1.0))
 
     resumed = ctx.resume and ctx.workdir is not None and (Path(ctx.workdir) / "model.es").exists()
+    momentum = {} if carry_momentum else None  # grow() restores it on resume
     if not resumed:
         # the seed's budget can lie below the cheapest model pruning reaches (a latency target's fixed
         # overhead): seed there then, if that is still under the budget, and let the growth do less
@@ -46,13 +50,14 @@ def splitting_grow(model: nn.Module, ctx: MethodContext, seed_fraction: float = 
             ctx.log(f"seed budget {seed_budget:.4g} {ctx.estimator.unit} is below the cheapest pruned model: seeded "
                     f"at {seed_cost:.4g} ({seed_cost / ctx.budget:.0%} of the budget)")
         if epochs > 0:
-            train_model(model, ctx, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), "seed fine-tune", val=ctx.data.val)
+            train_model(model, ctx, replace(phase(0.3, (0.0, 0.3)), seed=ctx.seed), "seed fine-tune", val=ctx.data.val,
+                        momentum=momentum)
     config = GrowConfig(step_growth=1.4, max_steps=steps + 2, planned_steps=steps, seed=ctx.seed,
                         channel_multiple=ctx.channel_multiple, finetune=phase(0.2 / steps, (0.3, 0.5)),
                         final_finetune=phase(0.5, (0.5, 1.0)), **(grow_options or {}))
     checkpoint = Checkpoint(ctx.workdir, ctx.arch, ctx.input_shape) if ctx.workdir is not None else None
     result = grow(model, ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint, resume=resumed,
-                  log=ctx.log, on_train=ctx.on_train)
+                  log=ctx.log, on_train=ctx.on_train, momentum=momentum)
     ctx.log(f"growth stopped: {result.stop_reason}")
     from dataclasses import asdict
 
@@ -105,7 +110,8 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
     from dataclasses import asdict
 
     from ..graph.trace import build_inventory
-    from ..splitting.growth import Checkpoint, GrowConfig, grow, growable
+    from ..splitting.checkpoint import Checkpoint
+    from ..splitting.growth import GrowConfig, grow, growable
     from ..training.bn_stats import recalibrate_on_
     from ..training.loop import evaluate
 
@@ -128,7 +134,7 @@ def splitting(model: nn.Module, ctx: MethodContext, rounds: int = 3, delta: floa
         model, steps, phase = restored
         done = int(phase.removeprefix("round "))
         if carry_momentum:
-            momentum = checkpoint.momentum(model, phase)
+            momentum = checkpoint.momentum(model, phase, steps)
         ctx.log(f"resumed from {checkpoint.dir} after reallocation round {done}")
     else:
         prune_to_budget(model, ctx, "taylor")

@@ -43,6 +43,7 @@ class SeedGrowth:
     step_share: float = 0.2  # spread over the planned growth steps; the rest trains the result
     score_samples: int = 1024  # training images that score each step
     one_schedule: bool = True  # the phases follow one learning-rate schedule (else each restarts it)
+    carry_momentum: bool = False  # the phases continue one SGD momentum (else each fine-tune restarts it)
 
     def __post_init__(self):
         if not 0 < self.seed_fraction < 1:
@@ -120,7 +121,8 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
     ``ctx.resume`` continues from them. ``ctx.records`` gets the growth steps, the stop reason, the seed's
     width and the trained seed (``seed_model``)."""
     from ..graph.archive import load_model, save_model
-    from ..splitting.growth import Checkpoint, GrowConfig, grow
+    from ..splitting.checkpoint import Checkpoint
+    from ..splitting.growth import GrowConfig, grow
     from ..training.loop import TrainConfig, seed_everything
 
     plan = plan or plan_seed(ctx.arch, ctx.estimator, ctx.budget, ctx.input_shape, recipe)
@@ -132,6 +134,7 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
     work = Path(ctx.workdir) if ctx.workdir is not None else None
     checkpoint = Checkpoint(work, ctx.arch, ctx.input_shape) if work is not None else None
     resumed = ctx.resume and work is not None and (work / "model.es").exists()
+    momentum = {} if recipe.carry_momentum else None  # grow() restores it on resume
     if resumed:
         seed = load_model(work / "seed.es")[0]
     else:
@@ -140,10 +143,11 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
         ctx.log(f"seed: {ctx.arch['name']} x{plan.width:.3g}, {plan.cost:.4g} {ctx.estimator.unit} "
                 f"({plan.cost / ctx.budget:.0%} of the budget), {plan.steps} growth steps planned")
         if shares[0] > 0 and epochs > 0:
-            train_model(seed, ctx, replace(phase(0.0, shares[0]), seed=ctx.seed), "train seed", val=ctx.data.val)
+            train_model(seed, ctx, replace(phase(0.0, shares[0]), seed=ctx.seed), "train seed", val=ctx.data.val,
+                        momentum=momentum)
         if work is not None:
             save_model(seed, work / "seed.es", ctx.arch, ctx.input_shape)
-            checkpoint.save(seed, [], "grow")  # resume from here: the growth starts from the trained seed
+            checkpoint.save(seed, [], "grow", momentum)  # resume from here: the growth starts from the trained seed
     config = GrowConfig(step_growth=recipe.step_growth, eps=recipe.eps, selector=recipe.selector,
                         score_samples=recipe.score_samples, geometric=True, max_steps=plan.steps + 2,
                         planned_steps=plan.steps, seed=ctx.seed, channel_multiple=ctx.channel_multiple,
@@ -151,7 +155,7 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
                         final_finetune=phase(shares[1], 1.0))
     config = replace(config, finetune=replace(config.finetune, epochs=config.finetune.epochs / plan.steps))
     result = grow(copy.deepcopy(seed), ctx.data, ctx.estimator, ctx.budget, config, checkpoint=checkpoint,
-                  resume=resumed, log=ctx.log, max_widths=plan.max_widths, on_train=ctx.on_train)
+                  resume=resumed, log=ctx.log, max_widths=plan.max_widths, on_train=ctx.on_train, momentum=momentum)
     ctx.log(f"growth stopped: {result.stop_reason}")
     from dataclasses import asdict
 

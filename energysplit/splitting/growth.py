@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -32,9 +31,9 @@ from .curvature import CurvatureConfig
 from ..training.data import DataSplits
 from ..errors import BudgetError, ConfigError
 from ..graph.inventory import Inventory
-from .._io import atomic_save, atomic_write_json
 from ..graph.plan import Plan
 from ..training.loop import TrainConfig, seed_everything, train
+from .checkpoint import Checkpoint, StepRecord
 from .planning import fit_plan, plan_step
 
 
@@ -91,25 +90,6 @@ class GrowConfig:
 
 
 @dataclass
-class StepRecord:
-    step: int
-    cost_before: float
-    cost_after: float
-    unit: str
-    step_budget: float
-    neurons_split: int
-    split_per_group: dict
-    predicted_loss_change: float
-    val_accuracy: float
-    val_loss: float
-    score_seconds: float
-    select_seconds: float
-    train_seconds: float
-    note: str = ""
-    epochs: float = 0.0  # the step's fine-tuning epochs
-
-
-@dataclass
 class GrowResult:
     model: nn.Module
     inventory: Inventory
@@ -129,53 +109,14 @@ def scoring_batches(data: DataSplits, samples: int, batch_size: int, seed: int) 
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 
-class Checkpoint:
-    """``DIR/model.es``: the model archive with the step log and phase in its metadata, one atomic file;
-    ``DIR/state.json``, a readable copy; ``DIR/momentum.pt``, a carried momentum by parameter name, written
-    before the archive and tagged with its phase (after a crash between the two, the tags differ and the
-    resumed run restarts its momentum)."""
-
-    def __init__(self, directory: str | Path, arch: dict, input_shape):
-        self.dir, self.arch, self.input_shape = Path(directory), arch, tuple(input_shape)
-
-    def save(self, model, steps: list[StepRecord], phase: str, momentum: dict | None = None) -> None:
-        from ..graph.archive import save_model
-        from ..training.distributed import barrier, is_main
-
-        if is_main():  # data-parallel runs: rank 0 writes, the others wait for it
-            if momentum is not None:
-                names = {p: n for n, p in model.named_parameters()}
-                buffers = {names[p]: b.detach().cpu() for p, b in momentum.items() if p in names}
-                atomic_save({"phase": phase, "buffers": buffers}, self.dir / "momentum.pt")
-            state = {"phase": phase, "steps": [asdict(s) for s in steps]}
-            save_model(model, self.dir / "model.es", self.arch, self.input_shape, meta={"growth": state})
-            atomic_write_json(self.dir / "state.json", state)
-        barrier()
-
-    def load(self):
-        from ..graph.archive import load_model
-
-        if not (self.dir / "model.es").exists():
-            return None
-        model, record = load_model(self.dir / "model.es")
-        state = record["meta"]["growth"]
-        return model, [StepRecord(**s) for s in state["steps"]], state["phase"]
-
-    def momentum(self, model, phase: str) -> dict:
-        """The momentum saved with ``phase``, keyed by ``model``'s parameters ({} if none was)."""
-        path = self.dir / "momentum.pt"
-        record = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else {}
-        if record.get("phase") != phase:
-            return {}
-        params = dict(model.named_parameters())
-        return {params[n]: b for n, b in record["buffers"].items() if n in params}
-
-
 def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: GrowConfig = GrowConfig(),
          inventory: Inventory | None = None, checkpoint: Checkpoint | None = None, resume: bool = False,
          log: Callable[[str], None] = print, max_widths: dict[str, int] | None = None,
-         on_train: Callable | None = None) -> GrowResult:
-    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget`` (module docstring)."""
+         on_train: Callable | None = None, momentum: dict | None = None) -> GrowResult:
+    """Grow ``model`` (in place) by energy-aware splitting until its cost reaches ``budget`` (module docstring).
+    ``momentum``: None restarts the SGD momentum in every fine-tune; a dict (SGD momentum buffers by
+    parameter, as ``train`` takes them: {} starts afresh) is continued from fine-tune to fine-tune, where
+    each step's surgery left the parameters alone, updated in place, and checkpointed with every step."""
     from ..graph.trace import build_inventory
     from ..training.distributed import main_only, rank_zero_estimator
 
@@ -185,6 +126,9 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
     phase = "grow"
     if resume and checkpoint is not None and (restored := checkpoint.load()) is not None:
         model, steps, phase = restored
+        if momentum is not None:
+            momentum.clear()
+            momentum.update(checkpoint.momentum(model, phase, steps))
         log(f"resumed from {checkpoint.dir} after step {len(steps)} ({phase})")
     inventory = build_inventory(model, input_shape) if (inventory is None or resume) else inventory
     cost = estimator.predict(model, input_shape).total
@@ -207,7 +151,7 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
             break
         epochs = 0.0 if small else step_epochs(config, len(steps) + 1, sum(s.epochs for s in steps))
         inventory, record = _split_step(model, data, estimator, inventory, replace(config, finetune=replace(
-            config.finetune, epochs=epochs)), len(steps) + 1, cost, step_limit, max_widths, on_train, fill)
+            config.finetune, epochs=epochs)), len(steps) + 1, cost, step_limit, max_widths, on_train, fill, momentum)
         if record is None:
             stop = f"no neuron{'' if fill else ' with a negative splitting index'} fits the remaining budget"
             break
@@ -217,14 +161,14 @@ def grow(model: nn.Module, data: DataSplits, estimator, budget: float, config: G
             f"{record.val_accuracy:.4f}, scoring {record.score_seconds:.1f} s, training {record.train_seconds:.1f} s")
         cost = record.cost_after
         if checkpoint is not None:
-            checkpoint.save(model, steps, "grow")
+            checkpoint.save(model, steps, "grow", momentum)
     else:
         stop = stop or ("done" if phase == "final" else "max steps reached")
     epochs = final_epochs(config, len(steps), sum(s.epochs for s in steps))
     if phase == "grow":
         if epochs > 0:
             ft = replace(config.final_finetune, epochs=epochs, seed=config.seed * 1000 + 999)
-            res = train(model, data.train, ft, val=data.val, desc="final fine-tune")
+            res = train(model, data.train, ft, val=data.val, desc="final fine-tune", momentum=momentum)
             log(f"final fine-tune: {ft.epochs:g} epochs, val acc {res.val_accuracy:.4f}")
             if on_train is not None:
                 on_train("final fine-tune", model, res)
@@ -255,7 +199,8 @@ def step_epochs(config: GrowConfig, step: int, spent: float) -> float:
 
 def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config: GrowConfig, step: int,
                 cost: float, step_limit: float, max_widths: dict | None = None,
-                on_train: Callable | None = None, fill: bool = False) -> tuple[Inventory, StepRecord | None]:
+                on_train: Callable | None = None, fill: bool = False,
+                momentum: dict | None = None) -> tuple[Inventory, StepRecord | None]:
     """One growth step in place: score, select under ``step_limit`` (``fill``: and fill it), split,
     fine-tune (None: nothing fits)."""
     from ..cost.estimator import marginal_costs_of
@@ -293,7 +238,8 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     inventory = apply_plan_(model, inventory, Plan(ops))
     new_cost = estimator.predict(model, input_shape).total
     ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
-    result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune")  # 0 epochs: evaluates
+    result = train(model, data.train, ft, val=data.val, desc=f"step {step} fine-tune",  # 0 epochs: evaluates
+                   momentum=momentum)
     if on_train is not None:
         on_train(f"step {step} fine-tune", model, result)
     check_in_sync(model, f"growth step {step}")
