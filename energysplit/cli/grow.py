@@ -6,8 +6,9 @@ from .common import DEVICE_HELP, command_line, interrupted, option
 EPILOG = ("Writes into --out what compress writes: model.es, model.onnx (checked in ONNX Runtime), report.json and "
           "report.md (the seed and the grown network: accuracy, MACs, params, latency, energy, widths per layer), "
           "steps.csv, growth.png (accuracy and cost per step) and config.json. Work in progress is kept in "
-          "--out/.work: after Ctrl-C or a kill, repeat the command with --resume. The growth settings' defaults "
-          "were kept by a first tuning run on validation data (README).")
+          "--out/.work: after Ctrl-C or a kill, repeat the command with --resume. The phases follow one learning-rate "
+          "schedule and one SGD momentum. The growth settings' defaults were kept by tuning runs on validation "
+          "data (README).")
 
 
 def add_grow(p):
