@@ -134,6 +134,22 @@ def test_summary_tables_the_mean_and_std_over_seeds(tmp_path):
     assert (tmp_path / "pareto.png").exists() and (tmp_path / "summary.csv").exists()
 
 
+def test_a_sweep_whose_every_job_failed_is_summarised_without_a_plot(tmp_path):
+    from energysplit.pipeline.bench import FIELDS
+    from energysplit.pipeline.summary import summarise
+
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerow({"model": "m", "target": "mobile", "budget_name": "0.25", "budget": 1.0, "unit": "mJ",
+                         "method": "splitting", "seed": 0, "status": "failed",
+                         "error": "BudgetError: the seed already costs more"})
+    summarise(tmp_path, "grow")
+    assert "- m mobile@0.25 splitting seed 0: BudgetError: the seed already costs more" in \
+        (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "pareto.png").exists()
+
+
 def test_the_lock_excludes_another_process(tmp_path):
     """While one process holds the sweep's lock another one waits (filelock, across processes)."""
     import subprocess

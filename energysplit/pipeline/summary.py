@@ -30,7 +30,8 @@ def summarise(out: str | Path, protocol: str = "compress", metric: str = "test_a
                                          f"{'-' if pd.isna(r.seed) else int(r.seed)}: {r.error}"
                                          for _, r in failed.iterrows()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    pareto_plot(ok, out / "pareto.png", "test accuracy" if metric == "test_accuracy" else "validation accuracy")
+    if len(ok):  # a sweep whose every job failed (a budget no seed reaches) has nothing to plot
+        pareto_plot(ok, out / "pareto.png", "test accuracy" if metric == "test_accuracy" else "validation accuracy")
     return summary
 
 
