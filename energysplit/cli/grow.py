@@ -7,7 +7,7 @@ EPILOG = ("Writes into --out what compress writes: model.es, model.onnx (checked
           "report.md (the seed and the grown network: accuracy, MACs, params, latency, energy, widths per layer), "
           "steps.csv, growth.png (accuracy and cost per step) and config.json. Work in progress is kept in "
           "--out/.work: after Ctrl-C or a kill, repeat the command with --resume. The phases follow one learning-rate "
-          "schedule and one SGD momentum. The growth settings' defaults were kept by tuning runs on validation "
+          "schedule and one SGD momentum. The growth settings' defaults were chosen by tuning runs on validation "
           "data (README).")
 
 
