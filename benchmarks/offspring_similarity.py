@@ -8,7 +8,8 @@ recipes (seed fraction, eps) and, in every final network, measures each output c
 convolutions: the largest cosine similarity of its filter to another filter of the same layer. Trained
 from scratch, filters are far apart (median about 0.25); offspring start at theta +- eps v, and a share of
 channels with a partner above 0.9 says how much of the network is still made of near-copies. Prints a
-Markdown table with each run's final validation accuracy (the test split is not used). Resumable: a recipe
+Markdown table with each run's final validation accuracy (`energysplit grow` also reports test accuracy in
+its report; the table leaves it out, and no setting is chosen from this benchmark). Resumable: a recipe
 whose model.es exists is not grown again.
 """
 import argparse, re, shlex, subprocess, sys  # noqa: E401
@@ -39,7 +40,7 @@ def nearest_filter_similarity(model: nn.Module) -> torch.Tensor:
     return torch.cat(best)
 
 
-def grow(name: str, flags: list[str], out: Path, subset: int, epochs: float) -> float:
+def grow(flags: list[str], out: Path, subset: int, epochs: float) -> float:
     """Grow one recipe into ``out`` (unless done); its final validation accuracy from the log."""
     log = out / "grow.log"
     if not (out / "model.es").exists():
@@ -69,7 +70,7 @@ def main():
              "|---|---|---|---|---|"]
     for i, (name, flags) in enumerate(recipes.items()):
         run = out / f"recipe{i}"
-        val = grow(name, flags, run, subset, epochs)
+        val = grow(flags, run, subset, epochs)
         sim = nearest_filter_similarity(load_model(run / "model.es")[0])
         lines.append(f"| {name} | {len(sim)} | {(sim > 0.9).float().mean():.1%} | {sim.median():.3f} | {val:.3f} |")
     table = "\n".join(lines)
