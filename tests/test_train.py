@@ -98,3 +98,37 @@ def test_momentum_carried_across_phases_makes_them_one_run(digits):
     assert set(copied_carry) == set(copied.parameters())  # the keys follow the copy
     first = next(copied.parameters())
     torch.testing.assert_close(copied_carry[first], carried[next(phased.parameters())])
+
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg_small"])
+def test_channels_last_training_matches_the_default_format_and_hands_back_contiguous_weights(digits, name):
+    """On the CPU, training runs its convolutions in channels-last format (twice as fast there): one SGD
+    step moves every parameter as the default format's step does, up to float rounding, the parameter
+    objects are kept and come back in the default format, and nested uses (evaluate inside train) leave
+    the outer one in place. (One step: a few steps of SGD on a network at initialisation amplify any
+    rounding difference chaotically, a 1e-6 perturbation of the weights as much as the format.)"""
+    import copy
+
+    from energysplit._device import _in_channels_last, channels_last_on_cpu
+
+    data = digits.subset(train=64).train
+    torch.manual_seed(0)
+    start = create_model(name, width=0.25)
+    runs = {}
+    for fast in (False, True):
+        model = copy.deepcopy(start)
+        params = list(model.parameters())
+        train(model, data, TrainConfig(epochs=1, batch_size=64, channels_last=fast, progress=False), val=data)
+        assert list(model.parameters()) == params and all(p.is_contiguous() for p in params)
+        runs[fast] = model
+    for s, a, b in zip(start.parameters(), runs[False].parameters(), runs[True].parameters()):
+        assert (b - a).abs().max() <= 1e-3 * (a - s).abs().max() + 1e-7
+    model = runs[True]
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    with channels_last_on_cpu(model):
+        assert conv.stride() != conv.contiguous().stride()
+        with channels_last_on_cpu(model):
+            pass
+        assert conv.stride() != conv.contiguous().stride()  # the inner use did not convert back
+    assert conv.is_contiguous() and not _in_channels_last
