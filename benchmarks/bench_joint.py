@@ -11,21 +11,14 @@ and of one SGD training step, side by side in one process. Prints the ratios and
 """
 from __future__ import annotations
 
-import json
-import platform
-import shlex
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torchvision as tv
 from torch import nn
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from run_record import write_record  # benchmarks/run_record.py
 
 
 def median_seconds(fn, repeats: int = 5) -> float:
@@ -78,16 +71,7 @@ def main() -> None:
 
     rows = [measure("resnet18 (torchvision)", tv.models.resnet18(weights=None, num_classes=10), (3, 32, 32)),
             measure("mobilenet_v2 x0.5 (zoo)", create_model("mobilenet_v2", width=0.5), (1, 28, 28))]
-    threads = torch.get_num_threads()
-    host = platform.processor() or platform.machine()
-    out = RESULTS / f"joint_{host.lower().replace(' ', '-')}-torch{torch.__version__.split('+')[0]}-t{threads}.json"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=RESULTS.parent).stdout.strip()
-    out.write_text(json.dumps({"command": "python " + shlex.join(["benchmarks/bench_joint.py", *sys.argv[1:]]),
-                               "host": socket.gethostname(), "cpu": host, "commit": commit,
-                               "torch": torch.__version__, "threads": threads, "batch": 64, "rows": rows},
-                              indent=2) + "\n")
-    print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
+    write_record("joint", rows, batch=64)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import shlex
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import TensorDataset
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from run_record import write_record  # benchmarks/run_record.py
+
 FASHION_TRAIN = 55_000  # training images of a full Fashion-MNIST epoch (5,000 are held out for validation)
 NETWORKS = (("mobilenet_v2", 0.5), ("mobilenet_v2", 0.167), ("mobilenet_v1", 0.5), ("resnet20", 0.5))
 
@@ -76,16 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per format (default 3)")
     args = parser.parse_args()
     rows = [measure(name, width, args.steps, args.repeats) for name, width in NETWORKS]
-    threads = torch.get_num_threads()
-    cpu = (platform.processor() or platform.machine()).lower().replace(" ", "-")
-    out = RESULTS / f"training_speed_{cpu}-torch{torch.__version__.split('+')[0]}-t{threads}.json"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=RESULTS.parent).stdout.strip()
-    out.write_text(json.dumps({"command": "python " + shlex.join(["benchmarks/bench_training_speed.py", *sys.argv[1:]]),
-                               "host": socket.gethostname(), "cpu": cpu, "commit": commit,
-                               "torch": torch.__version__, "threads": threads, "batch": 128, "rows": rows},
-                              indent=2) + "\n")
-    print(f"wrote {out.relative_to(RESULTS.parent.parent)}")
+    write_record("training_speed", rows, batch=128)
 
 
 if __name__ == "__main__":
