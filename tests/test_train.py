@@ -100,7 +100,6 @@ def test_momentum_carried_across_phases_makes_them_one_run(digits):
     torch.testing.assert_close(copied_carry[first], carried[next(phased.parameters())])
 
 
-
 @pytest.mark.parametrize("name", ["resnet20", "vgg_small"])
 def test_channels_last_training_matches_the_default_format_and_hands_back_contiguous_weights(digits, name):
     """On the CPU, training runs its convolutions in channels-last format (twice as fast there): one SGD
