@@ -9,8 +9,11 @@ Taylor-pruned to 70% of its `mobile` energy as `splitting` seeds, a short seed f
 For each N, repeat and solver, two disjoint sets of N training images are scored: the Spearman correlation of all
 neurons' lambda_min, the overlap |A & B| / max(|A|, |B|) of the neurons the LP selects for one x1.4 step (with the
 target's channel multiple and with 1), the value one set's selection keeps when priced by the other set's
-lambdas (its share of the predicted loss decrease of that set's own selection), the scoring time per set and its ratio to one growth step's fine-tune slice
-(0.2 epochs of 8,000 images, timed here). Resumable: rows already in OUT/results.csv are kept.
+lambdas (its share of the predicted loss decrease of that set's own selection), the scoring time per set and its
+ratio to one growth step's fine-tune slice (0.2 epochs of 8,000 images, timed here). The same two scorings also
+select with the variance-aware (shrunk) lambdas of :mod:`energysplit.splitting.shrinkage` (fast solver only: it
+gives the standard errors): their overlap, and the value they keep priced by the other set's raw lambdas.
+Resumable: rows already in OUT/results.csv are kept.
 """
 import argparse, copy, csv, dataclasses, datetime, json, shlex, socket, statistics, subprocess, sys, time  # noqa: E401
 from collections import Counter
@@ -28,12 +31,13 @@ from energysplit.pruning.prune import PruneConfig, prune_
 from energysplit.splitting.growth import scoring_batches
 from energysplit.splitting.scores import splitting_scores
 from energysplit.splitting.selection import select_splits
+from energysplit.splitting.shrinkage import shrunk_scores
 from energysplit.training.loop import seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = {"name": "mobilenet_v2", "kwargs": {"width": 0.5, "in_channels": 1, "num_classes": 10}}
 FIELDS = ["N", "method", "repeat", "spearman", "overlap_m", "overlap_1", "group_overlap_m", "value_m", "chosen_m",
-          "chosen_1", "negative", "neurons", "score_s", "train_step_s", "ratio"]
+          "chosen_1", "negative", "neurons", "score_s", "train_step_s", "ratio", "overlap_shrunk_m", "value_shrunk_m"]
 
 
 def parse_args():
@@ -44,8 +48,11 @@ def parse_args():
     p.add_argument("--train-images", type=int, default=10000, help="training images (>= 2 x the largest N)")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--seed-finetune", type=float, default=0.5, help="epochs after pruning (the seed fine-tune)")
+    p.add_argument("--solvers", nargs="+", choices=["fast", "exact"], default=["fast", "exact"])
     p.add_argument("--exact-limit", type=float, default=60.0, help="skip exact at larger N once a set took > this/2 s")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shrinkage", type=float, default=1.0,
+                   help="weight of the variance-aware (shrunk) selection's columns (energysplit.splitting.shrinkage)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 on a shared 2-core CPU ran 15x slower)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
@@ -136,7 +143,7 @@ def main():
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
     done, exact_ok = {(int(r["N"]), r["method"], int(r["repeat"])) for r in rows}, True
     for n in args.sizes:
-        for method, rep in [(meth, r) for meth in ("fast", "exact") for r in range(args.repeats)]:
+        for method, rep in [(meth, r) for meth in args.solvers for r in range(args.repeats)]:
             if (n, method, rep) in done or (method == "exact" and not exact_ok):
                 continue
             perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1000 * rep + n))
@@ -148,9 +155,12 @@ def main():
                 scores.append(splitting_scores(model, batches, inventory, method))
                 seconds.append(time.perf_counter() - t0)
             lam = [torch.cat([s[g].eigvals for g in sorted(s)]) for s in scores]
-            sel = {k: [{(c.group, c.channel) for c in select_splits(
-                s, costs[k], budget, "lp", eps=0.1, multiple=k, widths=widths, blocks=blocks).neurons()}
-                for s in scores] for k in (m, 1)}
+            def selected(s, k):
+                return {(c.group, c.channel) for c in select_splits(s, costs[k], budget, "lp", eps=0.1, multiple=k,
+                                                                    widths=widths, blocks=blocks).neurons()}
+            sel = {k: [selected(s, k) for s in scores] for k in (m, 1)}
+            has_stderr = all(x.stderr is not None for s in scores for x in s.values())
+            shrunk = [selected(shrunk_scores(model, inventory, s, args.shrinkage), m) for s in scores]
             score_s = statistics.mean(seconds)
             row = {"N": n, "method": method, "repeat": rep, "spearman": spearmanr(lam[0], lam[1])[0],
                    "overlap_m": overlap(*sel[m]), "overlap_1": overlap(*sel[1]),
@@ -159,7 +169,10 @@ def main():
                                                value(sel[m][0], sel[m][1], scores[1])]),
                    "chosen_m": statistics.mean(map(len, sel[m])), "chosen_1": statistics.mean(map(len, sel[1])),
                    "negative": statistics.mean(float((x < 0).sum()) for x in lam), "neurons": len(lam[0]),
-                   "score_s": score_s, "train_step_s": train_s[-1], "ratio": score_s / train_s[-1]}
+                   "score_s": score_s, "train_step_s": train_s[-1], "ratio": score_s / train_s[-1],
+                   "overlap_shrunk_m": overlap(*shrunk) if has_stderr else "",
+                   "value_shrunk_m": statistics.mean([value(shrunk[1], sel[m][0], scores[0]),
+                                                      value(shrunk[0], sel[m][1], scores[1])]) if has_stderr else ""}
             rows.append({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
             with csv_path.open("w", newline="") as f:
                 f.write(",".join(FIELDS) + "\n")
@@ -181,7 +194,7 @@ def write_summary(args, rows, m, model_log, budget, train_s, elapsed, resumed):
         elapsed += json.loads((args.out / "config.json").read_text()).get("run_seconds", 0.0)
     head = (f"| N | method | rank correlation | LP overlap (multiple {m}) | group counts overlap (multiple {m}) | "
             f"LP overlap (multiple 1) | value kept (multiple {m}) | neurons chosen (m / 1) | scoring s per set | "
-            "scoring / training |")
+            f"scoring / training | shrunk LP overlap (multiple {m}, w = {args.shrinkage:g}) | shrunk value kept |")
     lines = ["# Stability of splitting selections", "", f"{model_log}, {rows[0]['neurons'] if rows else '?'} "
              f"splittable neurons. Step budget (1.4 - 1) x cost = {budget}, LP selector, eps 0.1. Two disjoint sets of "
              f"N training images per repeat; mean ± std over {args.repeats} repeat(s); exact is skipped above the "
@@ -195,8 +208,9 @@ def write_summary(args, rows, m, model_log, budget, train_s, elapsed, resumed):
             chosen = " / ".join(f"{statistics.mean(float(r[k]) for r in rs):.0f}" for k in ("chosen_m", "chosen_1"))
             cells = [mean_std(rs, k) if rs[0].get(k) else "-"
                      for k in ("spearman", "overlap_m", "group_overlap_m", "overlap_1", "value_m")]
+            shrunk = [mean_std(rs, k) if rs[0].get(k) else "-" for k in ("overlap_shrunk_m", "value_shrunk_m")]
             lines.append(f"| {n} | {method} | " + " | ".join(cells + [chosen, mean_std(rs, "score_s"),
-                                                                      mean_std(rs, "ratio")]) + " |")
+                                                                      mean_std(rs, "ratio")] + shrunk) + " |")
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     argv0 = Path(sys.argv[0]).resolve()
     command = ["python", str(argv0.relative_to(REPO)) if argv0.is_relative_to(REPO) else argv0.name] + sys.argv[1:]

@@ -1,5 +1,6 @@
-"""Selection options of the growth loop (issue 17, item 3): per-step layer caps (``layer_growth``) and the
-scale-invariant score (``scale_invariant``). Training in the growth test is stubbed: the caps are under test."""
+"""Selection options of the growth loop (issue 17, items 3 and 5): per-step layer caps (``layer_growth``), the
+scale-invariant score (``scale_invariant``) and the shrunk, variance-aware lambdas (``shrinkage``). Training in
+the growth tests is stubbed: the selection is under test."""
 import copy
 from collections import Counter
 
@@ -141,3 +142,22 @@ def test_relative_eps_moves_every_offspring_by_the_same_fraction_of_its_parent(d
             assert gap == pytest.approx(expected, rel=1e-4), (op.group, op.channel)
         norms = [float(before[op.group][op.channel].norm()) for op in ops]
         assert max(norms) > 1.5 * min(norms)  # parents of different norms: the relative gaps differ
+
+
+def test_growth_selects_from_shrunk_lambdas_when_asked(digits, seed_model, no_training, monkeypatch):
+    """``GrowConfig.shrinkage``: every step ranks the shrunk lambdas (:mod:`energysplit.splitting.shrinkage`)."""
+    import energysplit.splitting.shrinkage as shrinkage
+
+    weights, original = [], shrinkage.shrunk_scores
+    monkeypatch.setattr(shrinkage, "shrunk_scores",
+                        lambda model, inventory, scores, weight: weights.append(weight) or original(
+                            model, inventory, scores, weight))
+    flops = create_target("flops")
+    budget = 1.6 * flops.predict(seed_model, digits.input_shape).total
+    for setting in (None, 4.0):
+        config = GrowConfig(score_samples=128, max_steps=2, shrinkage=setting, fill=False,
+                            finetune=TrainConfig(epochs=0.1, progress=False),
+                            final_finetune=TrainConfig(epochs=0.1, progress=False))
+        result = grow(copy.deepcopy(seed_model), digits, flops, budget, config, log=lambda s: None)
+        assert result.steps
+        assert weights == ([4.0] * len(result.steps) if setting else [])

@@ -1,6 +1,6 @@
 """The fast solver's descent (torch RMSprop + CosineAnnealingLR) against the update written out by hand:
 RMSprop with momentum on the Rayleigh gradient, eps relative to the group's scale, renormalised v, a cosine
-lr over all passes (Wang et al. 2019, sec. 3)."""
+lr over all passes (Wang et al. 2019, sec. 3); lambda's standard error from the averaged pass's quotients."""
 import math
 
 import pytest
@@ -51,6 +51,7 @@ def _by_hand(model, batches, groups, config, known_length=True):
     sq = {k: torch.zeros_like(t) for k, t in v.items()}
     buf = {k: torch.zeros_like(t) for k, t in v.items()}
     sums = {k: [0, 0, 0] for k in v}
+    quotients = {k: [] for k in v}  # the averaged pass's minibatch quotients, for lambda's standard error
     steps, total = len(batches), config.passes * len(batches)
     warm = math.ceil(config.warmup * steps) if known_length else 0
     plan = [(b, config.lr, False) for b in batches[:warm]]
@@ -70,11 +71,13 @@ def _by_hand(model, batches, groups, config, known_length=True):
             buf[k] = config.momentum * buf[k] + grad / denom
             if last:
                 sums[k] = [sums[k][0] + r, sums[k][1] + v[k], sums[k][2] + sv[k]]
+                quotients[k].append(r)
             v[k] = _unit(v[k] - lr * buf[k])
     out = {}
     for k, (r, vs, svs) in sums.items():
         cross = (vs * svs).flatten(1).sum(1) / vs.flatten(1).pow(2).sum(1)
-        out[k] = (cross if config.eigval_estimate == "cross" else r / len(batches), _unit(vs))
+        stderr = torch.stack(quotients[k]).std(0, correction=0) / math.sqrt(len(quotients[k]))
+        out[k] = (cross if config.eigval_estimate == "cross" else r / len(batches), _unit(vs), stderr)
     return out
 
 
@@ -93,7 +96,8 @@ def test_fast_solver_follows_the_hand_written_descent(settings, known_length):
     scores = splitting_scores(model, batches if known_length else Unsized(batches), inv, "fast", config=config)
     with evaluating(model):
         expected = _by_hand(model, batches, inv.splittable(), config, known_length)
-    for gid, (lam, vec) in expected.items():
-        assert lam.abs().max() > 0
+    for gid, (lam, vec, stderr) in expected.items():
+        assert lam.abs().max() > 0 and stderr.min() > 0
         torch.testing.assert_close(scores[gid].eigvals, lam, rtol=1e-9, atol=1e-14)
         torch.testing.assert_close(scores[gid].eigvecs, vec, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(scores[gid].stderr, stderr, rtol=1e-6, atol=1e-14)

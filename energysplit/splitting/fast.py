@@ -227,9 +227,9 @@ def splitting_products(model: nn.Module, batch: tuple[Tensor, Tensor], groups: l
 
 
 def _zero_sums(v: Tensor) -> dict:
-    """Running sums over the averaged pass: v^T S v per neuron, v, S v (float64) and the step count."""
+    """Running sums over the averaged pass: v^T S v per neuron and its square, v, S v (float64), step count."""
     zeros = torch.zeros_like(v, dtype=torch.float64)
-    return {"r": zeros.flatten(1).sum(1), "v": zeros, "sv": zeros.clone(), "n": 0}
+    return {"r": zeros.flatten(1).sum(1), "r2": zeros.flatten(1).sum(1), "v": zeros, "sv": zeros.clone(), "n": 0}
 
 
 def _rayleigh_grad(tracker: TermJet, sv: Tensor | None, sums: dict | None) -> None:
@@ -241,17 +241,19 @@ def _rayleigh_grad(tracker: TermJet, sv: Tensor | None, sums: dict | None) -> No
     r = (v * sv).reshape(len(v), -1).sum(1)
     v.grad = 2 * (sv - r.view((-1,) + (1,) * (v.dim() - 1)) * v)
     if sums is not None:
-        for key, value in (("r", r), ("v", v), ("sv", sv)):
+        for key, value in (("r", r), ("r2", r.double().square()), ("v", v), ("sv", sv)):
             sums[key] += value.double()
         sums["n"] += 1
 
 
 def _estimate(sums: dict, config: FastConfig, dtype: torch.dtype) -> GroupScores:
-    """lambda and v from the averaged pass (module doc: ``cross`` or ``mean`` estimate)."""
+    """lambda and v from the averaged pass (module doc: ``cross`` or ``mean`` estimate), and lambda's standard
+    error: the spread of the pass's minibatch quotients v_t^T S_b v_t over sqrt(batches)."""
     n = max(sums["n"], 1)
+    stderr = ((sums["r2"] / n - (sums["r"] / n).square()).clamp_min(0) / n).sqrt()
     if config.eigval_estimate == "cross":
         vbar, svbar = sums["v"] / n, sums["sv"] / n
         lam = (vbar * svbar).flatten(1).sum(1) / vbar.flatten(1).pow(2).sum(1).clamp_min(1e-300)
     else:
         lam = sums["r"] / n
-    return GroupScores(lam.to(dtype), unit_rows(sums["v"]).to(dtype))
+    return GroupScores(lam.to(dtype), unit_rows(sums["v"]).to(dtype), stderr.to(dtype))

@@ -72,6 +72,9 @@ class GrowConfig:
     # split with eps x ||theta|| instead of eps (theta: the neuron's producer weights): the same relative
     # perturbation of every filter, the step whose loss change lambda x ||theta||^2 (scale_invariant) prices
     relative_eps: bool = False
+    # variance-aware selection: shrink each lambda towards its layer's trend by its standard error, with this
+    # weight (1: the empirical-Bayes posterior mean; :mod:`energysplit.splitting.shrinkage`); None: raw lambdas
+    shrinkage: float | None = None
     # residual streams (groups with several producers): "frozen" (keep their width) or "joint" (split
     # jointly in every producer, :mod:`energysplit.splitting.joint`); frozen until a validation run shows
     # joint splitting helps (MobileNetV2's linear streams have S = 0: no change there)
@@ -85,6 +88,8 @@ class GrowConfig:
             raise ConfigError("score_samples, max_steps and channel_multiple must be >= 1")
         if self.residual not in ("frozen", "joint"):
             raise ConfigError(f"residual must be 'frozen' or 'joint', got {self.residual!r}")
+        if self.shrinkage is not None and self.shrinkage <= 0:
+            raise ConfigError(f"shrinkage must be > 0 (or None: raw lambdas), got {self.shrinkage}")
         if self.layer_growth is not None and self.layer_growth <= 1.0:
             raise ConfigError(f"layer_growth must be > 1 (or None: no per-step cap), got {self.layer_growth}")
 
@@ -208,6 +213,7 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     from ..training.distributed import check_in_sync
     from .fast import FastConfig
     from .scores import splitting_scores
+    from .shrinkage import shrunk_scores
 
     input_shape = data.input_shape
     t0 = time.perf_counter()
@@ -224,7 +230,8 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     costs = {gid: marginal[gid].add for gid in scores}
     widths = inventory.widths()
     caps = step_caps(widths, scores, max_widths, config.layer_growth)
-    ranked = scale_invariant_scores(model, inventory, scores) if config.scale_invariant else scores
+    ranked = shrunk_scores(model, inventory, scores, config.shrinkage) if config.shrinkage else scores
+    ranked = scale_invariant_scores(model, inventory, ranked) if config.scale_invariant else ranked
     ops, sizes = plan_step(ranked, costs, config.overselect * (step_limit - cost), config, widths, caps, step, fill,
                            blocks)
     ops = fit_plan(model, inventory, ops, estimator, input_shape, step_limit, sizes)

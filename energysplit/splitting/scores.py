@@ -63,4 +63,5 @@ def splitting_scores(model: nn.Module, batches: Iterable | Dataset, inventory: I
             scores.update(solver(model, batches, single, curvature, config, loss_fn))
         if streams:
             scores.update(joint_scores(model, batches, inventory, streams, method, curvature, config, loss_fn))
-    return {gid: GroupScores(s.eigvals.cpu(), s.eigvecs.cpu()) for gid, s in scores.items()}
+    return {gid: GroupScores(s.eigvals.cpu(), s.eigvecs.cpu(), None if s.stderr is None else s.stderr.cpu())
+            for gid, s in scores.items()}

@@ -29,10 +29,12 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 @dataclass
 class GroupScores:
     """Per channel: ``eigvals[k]`` = lambda_min(S_k); ``eigvecs[k]`` its unit eigenvector, shaped like
-    ``producer.weight[k]``."""
+    ``producer.weight[k]``; ``stderr[k]`` the standard error of ``eigvals[k]`` over the scoring batches
+    (the fast solver's; None where a solver gives none)."""
 
     eigvals: Tensor
     eigvecs: Tensor
+    stderr: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.eigvals)

@@ -205,8 +205,9 @@ class ShardedProducts:
     def agree(self, scores: dict) -> dict:
         """Rank 0's eigenpairs on every rank (bit-identical, so every rank selects the same Plan)."""
         for gid in sorted(scores):
-            for t in (scores[gid].eigvals, scores[gid].eigvecs):
-                dist.broadcast(t.data, src=0)
+            for t in (scores[gid].eigvals, scores[gid].eigvecs, scores[gid].stderr):
+                if t is not None:
+                    dist.broadcast(t.data, src=0)
         return scores
 
 
