@@ -21,6 +21,10 @@ setting changed; until reallocation became the default, `splitting` was seed and
 - splitting-grow-joint / splitting-joint: residual streams split jointly in all their producers
   (GrowConfig.residual = "joint"; energysplit.splitting.joint) instead of kept frozen. MobileNetV2's streams
   are linear (S = 0: never chosen by the LP); it matters on ResNets.
+- splitting-grow-shrunk / splitting-shrunk: variance-aware selection, every lambda shrunk towards its layer's trend
+  by its standard error (GrowConfig.shrinkage = 1, the empirical-Bayes posterior mean;
+  energysplit.splitting.shrinkage), so that neurons whose lambdas differ by less than the sampling noise are
+  ranked by the layer's trend instead of by the noise.
 - splitting-bn: reallocation with the BatchNorm statistics re-estimated on 20 training batches after every
   pruning, so each round scores the pruned network as it computes (``splitting(recalibrate=20)``, the
   default since the tuning run tune-bn-medium-9352f2b); splitting-bn-delta05: the same, moving 5% of the
@@ -67,6 +71,7 @@ INVARIANT = {"scale_invariant": True}
 JOINT = {"residual": "joint"}
 RELEPS = {"relative_eps": True}
 RELEPS_INVARIANT = {"relative_eps": True, "scale_invariant": True}
+SHRUNK = {"shrinkage": 1.0}
 VARIANTS = {
     "splitting-grow-seed50": functools.partial(splitting_grow, seed_fraction=0.5),
     "splitting-grow-seed85": functools.partial(splitting_grow, seed_fraction=0.85),
@@ -84,7 +89,7 @@ VARIANTS["splitting-unjudged"] = functools.partial(splitting, judge_images=0)
 VARIANTS["splitting-carry"] = functools.partial(splitting, carry_momentum=True)
 VARIANTS["splitting-restart"] = functools.partial(splitting, carry_momentum=False)
 for suffix, options in {"linear0": LINEAR0, "padded": PADDED, "caps2": CAPS2, "invariant": INVARIANT, "joint": JOINT,
-                  "releps": RELEPS, "releps-invariant": RELEPS_INVARIANT}.items():
+                  "releps": RELEPS, "releps-invariant": RELEPS_INVARIANT, "shrunk": SHRUNK}.items():
     VARIANTS[f"splitting-{suffix}"] = functools.partial(splitting, grow_options=options)
     VARIANTS[f"splitting-grow-{suffix}"] = functools.partial(splitting_grow, grow_options=options)
 
