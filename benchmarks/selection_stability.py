@@ -11,8 +11,9 @@ neurons' lambda_min, the overlap |A & B| / max(|A|, |B|) of the neurons the LP s
 target's channel multiple and with 1), the value one set's selection keeps when priced by the other set's
 lambdas (its share of the predicted loss decrease of that set's own selection), the scoring time per set and its
 ratio to one growth step's fine-tune slice (0.2 epochs of 8,000 images, timed here). The same two scorings also
-select with the variance-aware (shrunk) lambdas of :mod:`energysplit.splitting.shrinkage` (fast solver only: it
-gives the standard errors): their overlap, and the value they keep priced by the other set's raw lambdas.
+select with the variance-aware (shrunk) lambdas of :mod:`energysplit.splitting.shrinkage`, once per ``--shrinkage``
+weight (fast solver only: it gives the standard errors): their overlap, and the value they keep priced by the
+other set's raw lambdas.
 Resumable: rows already in OUT/results.csv are kept.
 """
 import argparse, copy, csv, dataclasses, datetime, json, shlex, socket, statistics, subprocess, sys, time  # noqa: E401
@@ -37,7 +38,12 @@ from energysplit.training.loop import seed_everything
 REPO = Path(__file__).resolve().parent.parent
 ARCH = {"name": "mobilenet_v2", "kwargs": {"width": 0.5, "in_channels": 1, "num_classes": 10}}
 FIELDS = ["N", "method", "repeat", "spearman", "overlap_m", "overlap_1", "group_overlap_m", "value_m", "chosen_m",
-          "chosen_1", "negative", "neurons", "score_s", "train_step_s", "ratio", "overlap_shrunk_m", "value_shrunk_m"]
+          "chosen_1", "negative", "neurons", "score_s", "train_step_s", "ratio"]
+
+
+def shrunk_fields(weights) -> list[str]:
+    """The CSV columns of the shrunk selections: overlap and value kept per shrinkage weight."""
+    return [f"{k}_shrunk_{w:g}" for w in weights for k in ("overlap", "value")]
 
 
 def parse_args():
@@ -51,8 +57,8 @@ def parse_args():
     p.add_argument("--solvers", nargs="+", choices=["fast", "exact"], default=["fast", "exact"])
     p.add_argument("--exact-limit", type=float, default=60.0, help="skip exact at larger N once a set took > this/2 s")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shrinkage", type=float, default=1.0,
-                   help="weight of the variance-aware (shrunk) selection's columns (energysplit.splitting.shrinkage)")
+    p.add_argument("--shrinkage", type=float, nargs="+", default=[1.0],
+                   help="weights of the variance-aware (shrunk) selections (energysplit.splitting.shrinkage)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 on a shared 2-core CPU ran 15x slower)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
@@ -160,7 +166,7 @@ def main():
                                                                     widths=widths, blocks=blocks).neurons()}
             sel = {k: [selected(s, k) for s in scores] for k in (m, 1)}
             has_stderr = all(x.stderr is not None for s in scores for x in s.values())
-            shrunk = [selected(shrunk_scores(model, inventory, s, args.shrinkage), m) for s in scores]
+            shrunk = {w: [selected(shrunk_scores(model, inventory, s, w), m) for s in scores] for w in args.shrinkage}
             score_s = statistics.mean(seconds)
             row = {"N": n, "method": method, "repeat": rep, "spearman": spearmanr(lam[0], lam[1])[0],
                    "overlap_m": overlap(*sel[m]), "overlap_1": overlap(*sel[1]),
@@ -169,14 +175,16 @@ def main():
                                                value(sel[m][0], sel[m][1], scores[1])]),
                    "chosen_m": statistics.mean(map(len, sel[m])), "chosen_1": statistics.mean(map(len, sel[1])),
                    "negative": statistics.mean(float((x < 0).sum()) for x in lam), "neurons": len(lam[0]),
-                   "score_s": score_s, "train_step_s": train_s[-1], "ratio": score_s / train_s[-1],
-                   "overlap_shrunk_m": overlap(*shrunk) if has_stderr else "",
-                   "value_shrunk_m": statistics.mean([value(shrunk[1], sel[m][0], scores[0]),
-                                                      value(shrunk[0], sel[m][1], scores[1])]) if has_stderr else ""}
+                   "score_s": score_s, "train_step_s": train_s[-1], "ratio": score_s / train_s[-1]}
+            for w, (a, b) in shrunk.items() if has_stderr else ():
+                row[f"overlap_shrunk_{w:g}"] = overlap(a, b)
+                row[f"value_shrunk_{w:g}"] = statistics.mean([value(b, sel[m][0], scores[0]),
+                                                              value(a, sel[m][1], scores[1])])
             rows.append({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
             with csv_path.open("w", newline="") as f:
-                f.write(",".join(FIELDS) + "\n")
-                csv.DictWriter(f, FIELDS).writerows(rows)
+                fields = FIELDS + shrunk_fields(args.shrinkage)
+                f.write(",".join(fields) + "\n")
+                csv.DictWriter(f, fields, extrasaction="ignore").writerows(rows)
             log(f"N={n} {method} #{rep}: rho {row['spearman']:.3f}, overlap m={m} {row['overlap_m']:.3f} (group counts "
                 f"{row['group_overlap_m']:.3f}), m=1 {row['overlap_1']:.3f}, {score_s:.1f} s/set ({row['ratio']:.2f} x "
                 "a step's fine-tune)")
@@ -194,7 +202,7 @@ def write_summary(args, rows, m, model_log, budget, train_s, elapsed, resumed):
         elapsed += json.loads((args.out / "config.json").read_text()).get("run_seconds", 0.0)
     head = (f"| N | method | rank correlation | LP overlap (multiple {m}) | group counts overlap (multiple {m}) | "
             f"LP overlap (multiple 1) | value kept (multiple {m}) | neurons chosen (m / 1) | scoring s per set | "
-            f"scoring / training | shrunk LP overlap (multiple {m}, w = {args.shrinkage:g}) | shrunk value kept |")
+            "scoring / training |")
     lines = ["# Stability of splitting selections", "", f"{model_log}, {rows[0]['neurons'] if rows else '?'} "
              f"splittable neurons. Step budget (1.4 - 1) x cost = {budget}, LP selector, eps 0.1. Two disjoint sets of "
              f"N training images per repeat; mean ± std over {args.repeats} repeat(s); exact is skipped above the "
@@ -208,9 +216,16 @@ def write_summary(args, rows, m, model_log, budget, train_s, elapsed, resumed):
             chosen = " / ".join(f"{statistics.mean(float(r[k]) for r in rs):.0f}" for k in ("chosen_m", "chosen_1"))
             cells = [mean_std(rs, k) if rs[0].get(k) else "-"
                      for k in ("spearman", "overlap_m", "group_overlap_m", "overlap_1", "value_m")]
-            shrunk = [mean_std(rs, k) if rs[0].get(k) else "-" for k in ("overlap_shrunk_m", "value_shrunk_m")]
             lines.append(f"| {n} | {method} | " + " | ".join(cells + [chosen, mean_std(rs, "score_s"),
-                                                                      mean_std(rs, "ratio")] + shrunk) + " |")
+                                                                      mean_std(rs, "ratio")]) + " |")
+    lines += ["", f"Variance-aware selection (fast solver): the same scorings' lambdas shrunk with weight w "
+              f"(energysplit.splitting.shrinkage), multiple {m}; value kept priced by the other set's raw lambdas.", "",
+              "| N | w | shrunk LP overlap | value kept |", "|---|---|---|---|"]
+    for n, w in [(n, w) for n in args.sizes for w in args.shrinkage]:
+        rs = [r for r in rows if int(r["N"]) == n and r["method"] == "fast" and r.get(f"overlap_shrunk_{w:g}")]
+        if rs:
+            lines.append(f"| {n} | {w:g} | {mean_std(rs, f'overlap_shrunk_{w:g}')} | "
+                         f"{mean_std(rs, f'value_shrunk_{w:g}')} |")
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     argv0 = Path(sys.argv[0]).resolve()
     command = ["python", str(argv0.relative_to(REPO)) if argv0.is_relative_to(REPO) else argv0.name] + sys.argv[1:]
