@@ -56,17 +56,22 @@ def _largest_step_share(result, before: dict) -> float:
     return share
 
 
-def test_layer_growth_caps_every_group_in_every_step(digits, seed_model, no_training):
+def _grown(seed_model, digits, budget_factor: float, **options):
+    """A copy of ``seed_model`` grown to ``budget_factor`` x its FLOPs (training stubbed by ``no_training``)."""
     flops = create_target("flops")
-    budget = 2.5 * flops.predict(seed_model, digits.input_shape).total
+    budget = budget_factor * flops.predict(seed_model, digits.input_shape).total
+    config = GrowConfig(score_samples=128, fill=False, finetune=TrainConfig(epochs=0.1, progress=False),
+                        final_finetune=TrainConfig(epochs=0.1, progress=False), **options)
+    result = grow(copy.deepcopy(seed_model), digits, flops, budget, config, log=lambda s: None)
+    assert result.steps
+    return result
+
+
+def test_layer_growth_caps_every_group_in_every_step(digits, seed_model, no_training):
     before = build_inventory(seed_model, digits.input_shape).widths()
     shares = {}
     for cap in (None, 1.25):
-        config = GrowConfig(score_samples=128, max_steps=4, layer_growth=cap, fill=False,
-                            finetune=TrainConfig(epochs=0.1, progress=False),
-                            final_finetune=TrainConfig(epochs=0.1, progress=False))
-        result = grow(copy.deepcopy(seed_model), digits, flops, budget, config, log=lambda s: None)
-        assert result.steps
+        result = _grown(seed_model, digits, 2.5, max_steps=4, layer_growth=cap)
         shares[cap] = _largest_step_share(result, before)
     assert shares[1.25] <= 0.25 < shares[None], shares  # uncapped, a step grows some layer by more
 
@@ -152,12 +157,6 @@ def test_growth_selects_from_shrunk_lambdas_when_asked(digits, seed_model, no_tr
     monkeypatch.setattr(shrinkage, "shrunk_scores",
                         lambda model, inventory, scores, weight: weights.append(weight) or original(
                             model, inventory, scores, weight))
-    flops = create_target("flops")
-    budget = 1.6 * flops.predict(seed_model, digits.input_shape).total
     for setting in (None, 4.0):
-        config = GrowConfig(score_samples=128, max_steps=2, shrinkage=setting, fill=False,
-                            finetune=TrainConfig(epochs=0.1, progress=False),
-                            final_finetune=TrainConfig(epochs=0.1, progress=False))
-        result = grow(copy.deepcopy(seed_model), digits, flops, budget, config, log=lambda s: None)
-        assert result.steps
+        result = _grown(seed_model, digits, 1.6, max_steps=2, shrinkage=setting)
         assert weights == ([4.0] * len(result.steps) if setting else [])
