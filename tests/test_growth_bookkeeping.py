@@ -110,3 +110,25 @@ def test_fill_blocks_take_every_neuron_in_ratio_order_within_caps_and_blocks():
     rest = fill_blocks(scores, costs, 1e9, 4, widths, chosen=chosen)
     assert not {(n.group, n.channel) for n in chosen} & {(n.group, n.channel) for b in rest for n in b.neurons()}
     assert [b.size for b in rest if b.group == chosen[0].group][0] == 4
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_a_plan_lists_the_chosen_blocks_in_the_selectors_own_order(fill):
+    """fit_plan keeps a prefix of the plan, so the order decides what a binding limit keeps: lambda / T for the
+    energy-aware selectors, lambda alone for cost-blind (S2D). Group "cheap" has the better ratios, "dear" the
+    more negative lambdas; a budget that takes both puts "cheap" first for lp and "dear" first for cost-blind."""
+    from energysplit.splitting.planning import plan_step
+
+    scores = {"cheap": GroupScores(torch.tensor([-1.0, -0.9, -0.8, 0.5]), torch.ones(4, 2)),
+              "dear": GroupScores(torch.tensor([-3.0, -2.9, -2.8, 0.5]), torch.ones(4, 2))}
+    costs, widths = {"cheap": 1.0, "dear": 10.0}, {"cheap": 4, "dear": 4}
+    first = {}
+    for selector in ("lp", "greedy", "cost-blind"):
+        ops, sizes = plan_step(scores, costs, 33.0, GrowConfig(selector=selector), widths, fill=fill)
+        assert {op.group for op in ops} == {"cheap", "dear"} and sum(sizes) == len(ops)
+        first[selector] = [op.group for op in ops[:3]]
+    assert first["lp"] == first["greedy"] == ["cheap"] * 3
+    assert first["cost-blind"] == ["dear"] * 3
+    # the fill (the last step's top-up) follows the same order
+    assert [b.group for b in fill_blocks(scores, costs, 11.0, 1, widths, by="eigval")] == ["dear", "dear"]
+    assert [b.group for b in fill_blocks(scores, costs, 11.0, 1, widths)][:3] == ["cheap"] * 3

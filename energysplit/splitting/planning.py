@@ -1,6 +1,9 @@
 """One growth step's plan: the selector's neurons under the step budget (:func:`plan_step`), topped up by the
 others in lambda / T order when the step fills the budget (:func:`fill_blocks`), and cut to the step's
-limit by exact re-costing (:func:`fit_plan`). Used by the growth loop (:mod:`.growth`)."""
+limit by exact re-costing (:func:`fit_plan`). Used by the growth loop (:mod:`.growth`). The selection covers
+``overselect`` x the step's headroom and the cut decides, so the plan lists the chosen blocks in the
+selector's own order (lambda / T; lambda alone for cost-blind): sorted by lambda / T, a cost-blind
+selection would be cut like an energy-aware one."""
 from __future__ import annotations
 
 import copy
@@ -55,20 +58,24 @@ def plan_step(scores, costs: dict[str, float], step_budget: float, config,
         selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, caps=caps,
                                   threshold=config.threshold, multiple=config.channel_multiple, widths=widths,
                                   blocks=blocks, pad_blocks=config.pad_blocks)
-        selection.chosen.sort(key=lambda c: (c.ratio, c.eigval))
+        # best first, by the selector's own criterion (fit_plan keeps a prefix): cost-blind (S2D) by lambda alone
+        blind = config.selector == "cost-blind"
+        selection.chosen.sort(key=lambda c: (c.eigval, c.ratio) if blind else (c.ratio, c.eigval))
     if fill and config.selector != "random":
         more = fill_blocks(scores, costs, step_budget - selection.cost_used, config.channel_multiple, widths, caps,
-                           selection.neurons(), blocks)
+                           selection.neurons(), blocks, by="eigval" if config.selector == "cost-blind" else "ratio")
         selection = Selection(selection.chosen + more, step_budget, config.eps, "fill")
     return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]
 
 
 def fill_blocks(scores, costs: dict[str, float], budget: float, multiple: int, widths: dict[str, int],
-                caps: dict[str, int] | None = None, chosen=(), blocks: dict[str, int] | None = None) -> list:
+                caps: dict[str, int] | None = None, chosen=(), blocks: dict[str, int] | None = None,
+                by: str = "ratio") -> list:
     """The neurons of the scored groups not in ``chosen``, whatever their lambda, as blocks keeping the
     widths multiples (after the chosen ones; units of one neuron per block in groups cut into ``blocks``),
-    in lambda / T order (a group's blocks stay in order), within the caps, until their marginal costs pass
-    ``budget`` (one block more: :func:`fit_plan` cuts the list)."""
+    in lambda / T order (``by="eigval"``: lambda order, for the cost-blind selector; a group's blocks stay
+    in order), within the caps, until their marginal costs pass ``budget`` (one block more: :func:`fit_plan`
+    cuts the list)."""
     from .selection import Candidate, aligned_blocks, unit_candidates
 
     taken = {(c.group, c.channel) for c in chosen}
@@ -79,7 +86,7 @@ def fill_blocks(scores, costs: dict[str, float], budget: float, multiple: int, w
     ranked = aligned_blocks(unit_candidates(pool, widths, blocks) if blocks else pool, grown, multiple)
     key, worst = {}, {}
     for j, b in enumerate(ranked):  # a group's blocks come in order: its keys never decrease
-        worst[b.group] = max(worst.get(b.group, -math.inf), b.ratio)
+        worst[b.group] = max(worst.get(b.group, -math.inf), getattr(b, by))
         key[id(b)] = (worst[b.group], b.group, j)
     ranked.sort(key=lambda b: key[id(b)])
     out, used = [], 0.0
