@@ -166,7 +166,8 @@ def main():
                                                                     widths=widths, blocks=blocks).neurons()}
             sel = {k: [selected(s, k) for s in scores] for k in (m, 1)}
             has_stderr = all(x.stderr is not None for s in scores for x in s.values())
-            shrunk = {w: [selected(shrunk_scores(model, inventory, s, w), m) for s in scores] for w in args.shrinkage}
+            shrunk = {w: [selected(shrunk_scores(model, inventory, s, w), m) for s in scores]
+                      for w in (args.shrinkage if has_stderr else ())}
             score_s = statistics.mean(seconds)
             row = {"N": n, "method": method, "repeat": rep, "spearman": spearmanr(lam[0], lam[1])[0],
                    "overlap_m": overlap(*sel[m]), "overlap_1": overlap(*sel[1]),
@@ -176,7 +177,7 @@ def main():
                    "chosen_m": statistics.mean(map(len, sel[m])), "chosen_1": statistics.mean(map(len, sel[1])),
                    "negative": statistics.mean(float((x < 0).sum()) for x in lam), "neurons": len(lam[0]),
                    "score_s": score_s, "train_step_s": train_s[-1], "ratio": score_s / train_s[-1]}
-            for w, (a, b) in shrunk.items() if has_stderr else ():
+            for w, (a, b) in shrunk.items():
                 row[f"overlap_shrunk_{w:g}"] = overlap(a, b)
                 row[f"value_shrunk_{w:g}"] = statistics.mean([value(b, sel[m][0], scores[0]),
                                                               value(a, sel[m][1], scores[1])])

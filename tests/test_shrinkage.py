@@ -7,7 +7,7 @@ from energysplit.errors import ConfigError
 from energysplit.graph.trace import build_inventory
 from energysplit.splitting.growth import GrowConfig
 from energysplit.splitting.scores import splitting_scores
-from energysplit.splitting.shrinkage import bn_scale, shrink, shrunk_scores
+from energysplit.splitting.shrinkage import chain_scale_squared, shrink, shrunk_scores
 from energysplit.zoo import create_model
 
 
@@ -52,13 +52,14 @@ def test_shrunk_scores_use_the_batchnorm_scale_and_leave_scores_without_errors_a
     torch.manual_seed(0)
     model = create_model("vgg_small", width=0.25, act="silu").eval()
     inventory = build_inventory(model, digits.input_shape)
-    group = next(g for g in inventory.splittable() if g.followers)
-    bn = model.get_submodule(group.followers[0])
+    group = next(g for g in inventory.splittable() if any(op.kind == "bn" for op in g.chain))
+    bn = model.get_submodule(next(op.target for op in group.chain if op.kind == "bn"))
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2.0)
         bn.running_var.uniform_(0.5, 2.0)
-    torch.testing.assert_close(bn_scale(model, inventory, group.id),
-                               (bn.weight.double().square() / (bn.running_var.double() + bn.eps)).detach())
+    torch.testing.assert_close(chain_scale_squared(model, inventory, group.id),  # c from float32 parameters
+                               (bn.weight.double().square() / (bn.running_var.double() + bn.eps)).detach(),
+                               rtol=1e-6, atol=0)
     x = torch.stack([digits.train[i][0] for i in range(128)])
     y = torch.tensor([int(digits.train[i][1]) for i in range(128)])
     batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)]
@@ -67,7 +68,7 @@ def test_shrunk_scores_use_the_batchnorm_scale_and_leave_scores_without_errors_a
     assert fast[group.id].stderr is not None and exact[group.id].stderr is None
     shrunk = shrunk_scores(model, inventory, fast)[group.id]
     expected = shrink(fast[group.id].eigvals.double(), fast[group.id].stderr.double(),
-                      bn_scale(model, inventory, group.id))
+                      chain_scale_squared(model, inventory, group.id))
     torch.testing.assert_close(shrunk.eigvals, expected.to(shrunk.eigvals.dtype))
     assert not torch.equal(shrunk.eigvals, fast[group.id].eigvals)
     assert shrunk.eigvecs is fast[group.id].eigvecs

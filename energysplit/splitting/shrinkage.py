@@ -7,7 +7,7 @@ its minibatch Rayleigh quotients, :mod:`energysplit.splitting.fast`); this modul
 its empirical-Bayes posterior mean under a normal prior fitted per group:
 
     prior_i = a + b c_i^2            (least squares over the group; c_i = gamma_i / sqrt(var_i + eps) of
-                                      the neuron's BatchNorm, which scales its splitting matrix by c_i^2)
+                                      the BatchNorm on the neuron's chain, which scales its splitting matrix by c_i^2)
     tau^2   = Var_i(lambda_i - prior_i) - mean_i(se_i^2)   (the spread the noise does not explain, >= 0)
     lambda_i <- prior_i + tau^2 / (tau^2 + w se_i^2) (lambda_i - prior_i)
 
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graph.inventory import Inventory
+from .chains import bn_scale
 from .solver import GroupScores
 
 MIN_NEURONS = 4  # below this a group's prior (two coefficients) and its spread are not estimable
@@ -37,7 +38,7 @@ def shrunk_scores(model: nn.Module, inventory: Inventory, scores: dict[str, Grou
         if s.stderr is None or len(s.eigvals) < MIN_NEURONS:
             out[gid] = s
             continue
-        lam = shrink(s.eigvals.double(), s.stderr.double(), bn_scale(model, inventory, gid), weight)
+        lam = shrink(s.eigvals.double(), s.stderr.double(), chain_scale_squared(model, inventory, gid), weight)
         out[gid] = GroupScores(lam.to(s.eigvals.dtype), s.eigvecs, s.stderr)
     return out
 
@@ -52,11 +53,11 @@ def shrink(lam: Tensor, stderr: Tensor, feature: Tensor, weight: float = 1.0) ->
     return prior + tau2 / (tau2 + weight * stderr.square()).clamp_min(1e-300) * (lam - prior)
 
 
-def bn_scale(model: nn.Module, inventory: Inventory, gid: str) -> Tensor:
-    """c^2 = gamma^2 / (running_var + eps) of the group's first BatchNorm follower, per neuron (ones without)."""
-    for name in inventory[gid].followers:
-        module = model.get_submodule(name)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and module.running_var is not None:
-            return (module.weight.detach().double().cpu().square()
-                    / (module.running_var.detach().double().cpu() + module.eps))
-    return torch.ones(inventory[gid].width, dtype=torch.float64)
+def chain_scale_squared(model: nn.Module, inventory: Inventory, gid: str) -> Tensor:
+    """c^2 per neuron: the squared product of the BatchNorm scales on the group's chain (:func:`.chains.bn_scale`),
+    the factor they put on its splitting matrix; ones for a chain without BatchNorm."""
+    scale = torch.ones(inventory[gid].width, dtype=torch.float64)
+    for op in inventory[gid].chain:
+        if op.kind == "bn":
+            scale = scale * bn_scale(model.get_submodule(op.target)).detach().double().cpu()
+    return scale.square()
