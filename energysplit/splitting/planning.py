@@ -49,7 +49,7 @@ def plan_step(scores, costs: dict[str, float], step_budget: float, config,
     growth config, a :class:`~.growth.GrowConfig`; ``random``: :func:`~.selection.random_selection`, any lambda), best block first, then
     with ``fill`` :func:`fill_blocks`; and the block sizes (all 1 without a channel multiple or ``blocks``,
     ``{group: G}`` for groups a grouped conv cuts into G blocks, which grow by units of G)."""
-    from .selection import Selection, random_selection, select_splits
+    from .selection import Selection, random_selection, ranked_by, select_splits
 
     if config.selector == "random":  # random order kept: a trimmed plan drops random blocks
         selection = random_selection(scores, costs, step_budget, seed=config.seed * 1000 + step, caps=caps,
@@ -58,12 +58,11 @@ def plan_step(scores, costs: dict[str, float], step_budget: float, config,
         selection = select_splits(scores, costs, step_budget, config.selector, eps=config.eps, caps=caps,
                                   threshold=config.threshold, multiple=config.channel_multiple, widths=widths,
                                   blocks=blocks, pad_blocks=config.pad_blocks)
-        # best first, by the selector's own criterion (fit_plan keeps a prefix): cost-blind (S2D) by lambda alone
-        blind = config.selector == "cost-blind"
-        selection.chosen.sort(key=lambda c: (c.eigval, c.ratio) if blind else (c.ratio, c.eigval))
+        # best first, by the selector's own criterion (fit_plan keeps a prefix)
+        selection.chosen.sort(key=lambda c: (getattr(c, ranked_by(config.selector)), c.eigval, c.ratio))
     if fill and config.selector != "random":
         more = fill_blocks(scores, costs, step_budget - selection.cost_used, config.channel_multiple, widths, caps,
-                           selection.neurons(), blocks, by="eigval" if config.selector == "cost-blind" else "ratio")
+                           selection.neurons(), blocks, by=ranked_by(config.selector))
         selection = Selection(selection.chosen + more, step_budget, config.eps, "fill")
     return list(selection.to_plan(scores).ops), [c.size for c in selection.chosen]
 

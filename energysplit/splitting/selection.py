@@ -261,6 +261,12 @@ def random_selection(scores, costs: dict[str, float], budget: float, *, seed: in
     return sel
 
 
+def ranked_by(selector: str) -> str:
+    """The :class:`Candidate` attribute a selector ranks by, best (lowest) first: ``eigval`` for cost-blind,
+    ``ratio`` (lambda / T) for the energy-aware selectors."""
+    return "eigval" if selector == "cost-blind" else "ratio"
+
+
 def _fits(c: Candidate, used: float, budget: float, counts: dict, caps: dict) -> bool:
     within = used + c.cost <= budget + TOLERANCE * max(1.0, abs(budget))
     return within and counts.get(c.group, 0) + c.size <= caps.get(c.group, math.inf)
