@@ -119,6 +119,7 @@ def test_bench_growth_flag_changes_the_recipe_of_the_growth_protocols(tmp_path, 
     for flags, message in ((["--growth", "seed=0.6"], "write KEY=VALUE with KEY one of seed_fraction, "),
                            (["--growth", "score_samples=many"], "'many' is not a int"),
                            (["--growth", "seed_fraction=1.5"], "seed fraction must be in (0, 1)"),
+                           (["--growth", "offspring_share=1"], "offspring share must be in (0, 1)"),
                            (["--protocol", "compress", "--growth", "seed_fraction=0.5"], "--growth sets the recipe")):
         assert main([*args, *flags, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err

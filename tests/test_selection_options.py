@@ -160,3 +160,26 @@ def test_growth_selects_from_shrunk_lambdas_when_asked(digits, seed_model, no_tr
     for setting in (None, 4.0):
         result = _grown(seed_model, digits, 1.6, max_steps=2, shrinkage=setting)
         assert weights == ([4.0] * len(result.steps) if setting else [])
+
+
+def test_growth_splits_with_unequal_offspring_shares_when_asked(digits, seed_model, no_training, monkeypatch):
+    """``GrowConfig.share`` reaches every split of the step, which selects the same neurons, and the step's
+    predicted loss change is 4 s (1 - s) times the equal split's (graph.plan.Split)."""
+    import energysplit.graph.surgery as surgery
+
+    flops = create_target("flops")
+    budget = 1.3 * flops.predict(seed_model, digits.input_shape).total
+    apply, runs = surgery.apply_plan_, {}
+    for share in (0.5, 0.3):
+        plans = []
+        monkeypatch.setattr(surgery, "apply_plan_", lambda m, inv, plan: plans.append(plan) or apply(m, inv, plan))
+        config = GrowConfig(score_samples=128, max_steps=1, share=share, eps=0.2, fill=False,
+                            finetune=TrainConfig(epochs=0.0, progress=False),
+                            final_finetune=TrainConfig(epochs=0.0, progress=False))
+        result = grow(copy.deepcopy(seed_model), digits, flops, budget, config, log=lambda s: None)
+        assert result.steps and {op.share for op in plans[-1].ops} == {share}
+        runs[share] = ([(op.group, op.channel) for op in plans[-1].ops], result.steps[0].predicted_loss_change)
+    assert runs[0.3][0] == runs[0.5][0]
+    assert runs[0.3][1] == pytest.approx(4 * 0.3 * 0.7 * runs[0.5][1])
+    with pytest.raises(ConfigError, match="share"):
+        GrowConfig(share=1.0)

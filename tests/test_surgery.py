@@ -1,6 +1,7 @@
 """Surgery: function preservation (eps = 0 splits, removing zero-weight channels), exact widths and
 parameter counts, the O(eps^2) loss change of a split, and the split-input padding of the direction."""
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -93,8 +94,9 @@ def expected_params(model, inv, delta):
     return total
 
 
+@pytest.mark.parametrize("share", [0.5, 0.3])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_split_eps0_preserves_function_widths_and_params(name):
+def test_split_eps0_preserves_function_widths_and_params(name, share):
     model, inv, x = build(name)
     with torch.no_grad():
         before = model(x)
@@ -104,7 +106,7 @@ def test_split_eps0_preserves_function_widths_and_params(name):
         for i, c in enumerate(torch.randperm(group.width, generator=g)[:2].tolist()):
             w = model.get_submodule(group.producers[0]).weight[c]
             v = torch.randn(w.shape, generator=g) if i else None
-            ops.append(Split(group.id, c, None if v is None else v / v.norm(), 0.0))
+            ops.append(Split(group.id, c, None if v is None else v / v.norm(), 0.0, share))
             touched[group.id] = touched.get(group.id, 0) + 1
     assert touched, "no splittable group"
     expected = expected_params(model, inv, touched)
@@ -174,7 +176,7 @@ def test_residual_coupled_groups_split_and_remove_jointly(name):
 
 def _loss_change(eps, model, inv, x, y, ops):
     m = copy.deepcopy(model)
-    apply_plan_(m, inv, Plan([Split(o.group, o.channel, o.direction, eps) for o in ops]))
+    apply_plan_(m, inv, Plan([replace(o, eps=eps) for o in ops]))
     with torch.no_grad():
         return (F.cross_entropy(m(x), y) - F.cross_entropy(model(x), y)).item()
 
@@ -203,6 +205,41 @@ def test_split_loss_change_is_second_order_in_eps():
     d1, d2, d4 = (_loss_change(e, model, inv, x, y, ops) for e in (0.04, 0.02, 0.01))
     assert abs(d1) > 1e-7
     assert d1 / d2 == pytest.approx(4.0, rel=0.02) and d2 / d4 == pytest.approx(4.0, rel=0.02)
+
+
+def test_unequal_shares_keep_the_weighted_mean_and_scale_the_second_order_change():
+    """Split(share=s): offspring theta + 2 eps (1 - s) v and theta - 2 eps s v, outgoing weights s and 1 - s
+    of the parent's; no first-order change, and 4 s (1 - s) times the equal split's second-order change."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    inv = build_inventory(model, (3,))
+    w1, w2 = model[0].weight.detach().clone(), model[2].weight.detach().clone()
+    v = F.normalize(torch.randn(3), dim=0)
+    apply_plan_(model, inv, Plan([Split("0:out", 1, v, 0.3, share=0.25)]))
+    torch.testing.assert_close(model[0].weight[1], w1[1] + 2 * 0.3 * 0.75 * v)
+    torch.testing.assert_close(model[0].weight[4], w1[1] - 2 * 0.3 * 0.25 * v)
+    torch.testing.assert_close(model[2].weight[:, 1], 0.25 * w2[:, 1])
+    torch.testing.assert_close(model[2].weight[:, 4], 0.75 * w2[:, 1])
+
+    torch.manual_seed(0)
+    model = randomise_(small_smooth_net()).double()
+    inv = build_inventory(model, (1, 6, 6))
+    x, y = torch.randn(16, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (16,))
+    g = torch.Generator().manual_seed(3)
+    ops = []
+    for group in inv.splittable():
+        w = model.get_submodule(group.producers[0]).weight[0]
+        v = torch.randn(w.shape, generator=g, dtype=torch.double)
+        ops.append(Split(group.id, 0, v / v.norm(), 0.0))
+    unequal = [replace(op, share=0.2) for op in ops]
+    for eps in (0.02, 0.01):
+        equal, skewed = _loss_change(eps, model, inv, x, y, ops), _loss_change(eps, model, inv, x, y, unequal)
+        assert abs(equal) > 1e-8
+        assert skewed / equal == pytest.approx(4 * 0.2 * 0.8, rel=0.05)
+    assert _loss_change(0.01, model, inv, x, y, unequal) / _loss_change(0.02, model, inv, x, y, unequal) == \
+        pytest.approx(0.25, rel=0.03)  # second order in eps: no first-order term
+    with pytest.raises(ValueError, match="share must be in"):
+        Split("0:out", 0, None, 0.0, share=1.0)
 
 
 def test_direction_of_split_input_is_copied_and_halved():
@@ -247,9 +284,10 @@ def test_bad_plans_are_rejected():
 def test_plan_round_trip(tmp_path):
     v = torch.randn(4, 3, 3)
     v = v / v.norm()
-    plan = Plan([Split("a:out", 2, v, 0.01), Split("a:out", 3), Remove("b:out", (0, 5))])
+    plan = Plan([Split("a:out", 2, v, 0.01), Split("a:out", 3, share=0.3), Remove("b:out", (0, 5))])
     back = Plan.load(plan.save(tmp_path / "plan.pt"))
     assert [type(op) for op in back] == [Split, Split, Remove]
+    assert back.ops[0].share == 0.5 and back.ops[1].share == 0.3
     assert torch.equal(back.ops[0].direction, v) and back.ops[0].eps == 0.01 and back.ops[1].direction is None
     assert back.ops[2].channels == (0, 5)
     assert torch.load(tmp_path / "plan.pt", weights_only=True)["format"] == 1

@@ -24,18 +24,28 @@ class Split:
 
     ``direction`` (v) is unit-norm and shaped like the producer's ``weight[channel]``; None duplicates
     the channel exactly (Liu et al. 2019, arXiv 1910.02366, section 2).
+
+    ``share`` (s): the kept slot's part of the channel's outgoing weights, the new slot's is 1 - s (both
+    1/2 by default). With s != 1/2 the offspring are theta + 2 eps (1 - s) v and theta - 2 eps s v, so the
+    weighted mean stays theta (no first-order loss change) and the second-order change is 4 s (1 - s)
+    times the equal split's (Liu et al.'s splitting with offspring weights w_i). Unequal shares give the
+    offspring's incoming weights unequal gradients, so training pulls them apart instead of leaving
+    near-copies.
     """
 
     group: str
     channel: int
     direction: torch.Tensor | None = None
     eps: float = 0.0
+    share: float = 0.5
 
     def __post_init__(self):
         if not isinstance(self.channel, int) or isinstance(self.channel, bool) or self.channel < 0:
             raise ValueError(f"Split({self.group!r}): channel must be a non-negative int, got {self.channel!r}")
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"Split({self.group!r}, {self.channel}): eps must be finite and >= 0, got {self.eps!r}")
+        if not (isinstance(self.share, (int, float)) and 0 < self.share < 1):
+            raise ValueError(f"Split({self.group!r}, {self.channel}): share must be in (0, 1), got {self.share!r}")
         if self.direction is not None:
             if not isinstance(self.direction, torch.Tensor) or not self.direction.is_floating_point():
                 raise ValueError(f"Split({self.group!r}, {self.channel}): direction must be a float tensor or None")
@@ -47,7 +57,7 @@ class Split:
     def to_dict(self) -> dict:
         direction = None if self.direction is None else self.direction.detach().cpu().clone()
         return {"op": "split", "group": self.group, "channel": self.channel, "direction": direction,
-                "eps": float(self.eps)}
+                "eps": float(self.eps), "share": float(self.share)}
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,8 @@ class Plan:
         ops = []
         for item in data["ops"]:
             if item.get("op") == "split":
-                ops.append(Split(item["group"], int(item["channel"]), item.get("direction"), float(item["eps"])))
+                ops.append(Split(item["group"], int(item["channel"]), item.get("direction"), float(item["eps"]),
+                                 float(item.get("share", 0.5))))
             elif item.get("op") == "remove":
                 ops.append(Remove(item["group"], tuple(item["channels"])))
             else:

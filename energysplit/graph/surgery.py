@@ -4,8 +4,9 @@ Split (Liu et al. 2019, arXiv 1910.02366; Wang et al. 2019, arXiv 1910.03103; ME
 the channel is duplicated in every producer as theta + eps*v (kept slot) and theta - eps*v (new slot,
 appended), bias copied; BatchNorm statistics, depthwise filters and squeeze-excitation gate rows are
 duplicated unscaled (on a concat of several groups, each segment as its group says); every consumer's
-input column (a block of H*W columns after a flatten) is duplicated and both copies halved, so eps = 0
-leaves the function unchanged. Remove deletes the
+input column (a block of H*W columns after a flatten) is duplicated and both copies halved (or scaled by
+``Split.share`` and 1 - share, the offspring then theta + 2 eps (1 - share) v and theta - 2 eps share v), so
+eps = 0 leaves the function unchanged. Remove deletes the
 channel's rows, follower entries and consumer columns. The perturbation is added in the producer's
 original input coordinates before its own input columns are expanded, so when its input channel is
 split in the same plan the entries of v are copied into both copies and halved (v^T x preserved).
@@ -54,10 +55,11 @@ def group_edits(inventory: Inventory, plan: Plan) -> dict[str, _Edit]:
             for s in (s for s in splits if lo <= s.channel < lo + g.block_width):
                 old, new = pos[s.channel], len(edit.index)
                 edit.index.append(s.channel)
-                edit.scale.append(0.5)
-                edit.scale[old] = 0.5
-                if s.direction is not None and s.eps > 0:
-                    edit.perturb += [(old, s.eps, s.direction), (new, -s.eps, s.direction)]
+                edit.scale.append(1.0 - s.share)
+                edit.scale[old] = s.share
+                if s.direction is not None and s.eps > 0:  # shares s, 1 - s: weighted mean of offspring = theta
+                    kept, split = 2 * s.eps * (1 - s.share), -2 * s.eps * s.share
+                    edit.perturb += [(old, kept, s.direction), (new, split, s.direction)]
         edits[gid] = edit
     return edits
 

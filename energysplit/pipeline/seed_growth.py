@@ -51,6 +51,7 @@ class SeedGrowth:
     score_samples: int = 1024  # training images that score each step
     one_schedule: bool = True  # the phases follow one learning-rate schedule (else each restarts it)
     carry_momentum: bool = True  # the phases continue one SGD momentum (else each fine-tune restarts it)
+    offspring_share: float = 0.5  # a split's kept offspring takes this share of the outgoing weights (GrowConfig.share)
 
     def __post_init__(self):
         if not 0 < self.seed_fraction < 1:
@@ -59,6 +60,8 @@ class SeedGrowth:
             raise ConfigError(f"seed width must be > 0, got {self.seed_width}")
         if self.step_growth <= 1 or self.eps <= 0 or self.score_samples < 1:
             raise ConfigError("step growth must be > 1, eps > 0 and score samples >= 1")
+        if not 0 < self.offspring_share < 1:
+            raise ConfigError(f"offspring share must be in (0, 1), got {self.offspring_share}")
         if self.seed_share < 0 or self.step_share < 0 or self.seed_share + self.step_share > 1:
             raise ConfigError("seed share and step share must be >= 0 and add up to at most 1")
         if self.selector not in SELECTOR_NAMES:
@@ -156,8 +159,8 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
             save_model(seed, work / "seed.es", ctx.arch, ctx.input_shape)
             checkpoint.save(seed, [], "grow", momentum)  # resume from here: the growth starts from the trained seed
     config = GrowConfig(step_growth=recipe.step_growth, eps=recipe.eps, selector=recipe.selector,
-                        score_samples=recipe.score_samples, geometric=True, max_steps=plan.steps + 2,
-                        planned_steps=plan.steps, seed=ctx.seed, channel_multiple=ctx.channel_multiple,
+                        score_samples=recipe.score_samples, share=recipe.offspring_share, geometric=True,
+                        max_steps=plan.steps + 2, planned_steps=plan.steps, seed=ctx.seed, channel_multiple=ctx.channel_multiple,
                         finetune=phase(*shares) if plan.steps else phase(0, 0),
                         final_finetune=phase(shares[1], 1.0))
     config = replace(config, finetune=replace(config.finetune, epochs=config.finetune.epochs / plan.steps))

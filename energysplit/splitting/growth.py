@@ -72,6 +72,9 @@ class GrowConfig:
     # split with eps x ||theta|| instead of eps (theta: the neuron's producer weights): the same relative
     # perturbation of every filter, the step whose loss change lambda x ||theta||^2 (scale_invariant) prices
     relative_eps: bool = False
+    # each split's kept offspring takes this share of the outgoing weights, the new one 1 - share
+    # (:class:`~energysplit.graph.plan.Split`): unequal shares pull the offspring apart in training
+    share: float = 0.5
     # variance-aware selection: shrink each lambda towards its layer's trend by its standard error, with this
     # weight (1: the empirical-Bayes posterior mean; :mod:`energysplit.splitting.shrinkage`); None: raw lambdas
     shrinkage: float | None = None
@@ -90,6 +93,8 @@ class GrowConfig:
             raise ConfigError(f"residual must be 'frozen' or 'joint', got {self.residual!r}")
         if self.shrinkage is not None and self.shrinkage <= 0:
             raise ConfigError(f"shrinkage must be > 0 (or None: raw lambdas), got {self.shrinkage}")
+        if not 0 < self.share < 1:
+            raise ConfigError(f"share must be in (0, 1), got {self.share}")
         if self.layer_growth is not None and self.layer_growth <= 1.0:
             raise ConfigError(f"layer_growth must be > 1 (or None: no per-step cap), got {self.layer_growth}")
 
@@ -241,7 +246,10 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     if config.relative_eps:
         norms = {g: neuron_norms(model, inventory, g).sqrt() for g in {op.group for op in ops}}
         ops = [replace(op, eps=op.eps * float(norms[op.group][op.channel])) for op in ops]
-    changes = [float(scores[op.group].eigvals[op.channel]) * op.eps ** 2 for op in ops]  # eps^2 lambda
+    if config.share != 0.5:
+        ops = [replace(op, share=config.share) for op in ops]
+    # eps^2 lambda x 4 s (1 - s) (Split: 1 for equal shares)
+    changes = [float(scores[op.group].eigvals[op.channel]) * op.eps ** 2 * 4 * op.share * (1 - op.share) for op in ops]
     inventory = apply_plan_(model, inventory, Plan(ops))
     new_cost = estimator.predict(model, input_shape).total
     ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
