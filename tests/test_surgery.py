@@ -190,18 +190,25 @@ def small_smooth_net():
         nn.Linear(24, 8), nn.SiLU(), nn.Linear(8, 3))
 
 
-def test_split_loss_change_is_second_order_in_eps():
+def smooth_net_splits(channels):
+    """small_smooth_net (double, random BN), a batch, and eps = 0 splits of ``channels`` in every splittable
+    layer along random unit directions (every layer, so inputs of split neurons are split too)."""
     torch.manual_seed(0)
     model = randomise_(small_smooth_net()).double()
     inv = build_inventory(model, (1, 6, 6))
     x, y = torch.randn(16, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (16,))
     g = torch.Generator().manual_seed(3)
     ops = []
-    for group in inv.splittable():  # every layer, so inputs of split neurons are split too
-        for c in (0, 1):
+    for group in inv.splittable():
+        for c in channels:
             w = model.get_submodule(group.producers[0]).weight[c]
             v = torch.randn(w.shape, generator=g, dtype=torch.double)
             ops.append(Split(group.id, c, v / v.norm(), 0.0))
+    return model, inv, x, y, ops
+
+
+def test_split_loss_change_is_second_order_in_eps():
+    model, inv, x, y, ops = smooth_net_splits((0, 1))
     d1, d2, d4 = (_loss_change(e, model, inv, x, y, ops) for e in (0.04, 0.02, 0.01))
     assert abs(d1) > 1e-7
     assert d1 / d2 == pytest.approx(4.0, rel=0.02) and d2 / d4 == pytest.approx(4.0, rel=0.02)
@@ -221,16 +228,7 @@ def test_unequal_shares_keep_the_weighted_mean_and_scale_the_second_order_change
     torch.testing.assert_close(model[2].weight[:, 1], 0.25 * w2[:, 1])
     torch.testing.assert_close(model[2].weight[:, 4], 0.75 * w2[:, 1])
 
-    torch.manual_seed(0)
-    model = randomise_(small_smooth_net()).double()
-    inv = build_inventory(model, (1, 6, 6))
-    x, y = torch.randn(16, 1, 6, 6, dtype=torch.double), torch.randint(0, 3, (16,))
-    g = torch.Generator().manual_seed(3)
-    ops = []
-    for group in inv.splittable():
-        w = model.get_submodule(group.producers[0]).weight[0]
-        v = torch.randn(w.shape, generator=g, dtype=torch.double)
-        ops.append(Split(group.id, 0, v / v.norm(), 0.0))
+    model, inv, x, y, ops = smooth_net_splits((0,))
     unequal = [replace(op, share=0.2) for op in ops]
     for eps in (0.02, 0.01):
         equal, skewed = _loss_change(eps, model, inv, x, y, ops), _loss_change(eps, model, inv, x, y, unequal)
