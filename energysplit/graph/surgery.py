@@ -9,7 +9,8 @@ input column (a block of H*W columns after a flatten) is duplicated and both cop
 eps = 0 leaves the function unchanged. Remove deletes the
 channel's rows, follower entries and consumer columns. The perturbation is added in the producer's
 original input coordinates before its own input columns are expanded, so when its input channel is
-split in the same plan the entries of v are copied into both copies and halved (v^T x preserved).
+split in the same plan the entries of v are copied into both copies and halved, or scaled by its shares
+(v^T x preserved).
 A residual stream's channel (a group with several producers) is split jointly: ``direction`` is then one flat
 unit vector over every producer's ``weight[channel]``, in ``group.producers`` order (:func:`joint_slices`).
 Modules get new Parameter objects and updated size attributes: build a fresh optimizer afterwards.

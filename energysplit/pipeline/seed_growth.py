@@ -51,7 +51,7 @@ class SeedGrowth:
     score_samples: int = 1024  # training images that score each step
     one_schedule: bool = True  # the phases follow one learning-rate schedule (else each restarts it)
     carry_momentum: bool = True  # the phases continue one SGD momentum (else each fine-tune restarts it)
-    offspring_share: float = 0.5  # a split's kept offspring takes this share of the outgoing weights (GrowConfig.share)
+    offspring_share: float = 0.5  # a split's kept offspring's share of the outgoing weights (GrowConfig.share)
 
     def __post_init__(self):
         if not 0 < self.seed_fraction < 1:
@@ -160,7 +160,8 @@ def grow_from_seed(ctx: MethodContext, recipe: SeedGrowth, plan: SeedPlan | None
             checkpoint.save(seed, [], "grow", momentum)  # resume from here: the growth starts from the trained seed
     config = GrowConfig(step_growth=recipe.step_growth, eps=recipe.eps, selector=recipe.selector,
                         score_samples=recipe.score_samples, share=recipe.offspring_share, geometric=True,
-                        max_steps=plan.steps + 2, planned_steps=plan.steps, seed=ctx.seed, channel_multiple=ctx.channel_multiple,
+                        max_steps=plan.steps + 2, planned_steps=plan.steps, seed=ctx.seed,
+                        channel_multiple=ctx.channel_multiple,
                         finetune=phase(*shares) if plan.steps else phase(0, 0),
                         final_finetune=phase(shares[1], 1.0))
     config = replace(config, finetune=replace(config.finetune, epochs=config.finetune.epochs / plan.steps))

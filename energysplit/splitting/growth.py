@@ -249,7 +249,8 @@ def _split_step(model, data: DataSplits, estimator, inventory: Inventory, config
     if config.share != 0.5:
         ops = [replace(op, share=config.share) for op in ops]
     # eps^2 lambda x 4 s (1 - s) (Split: 1 for equal shares)
-    changes = [float(scores[op.group].eigvals[op.channel]) * op.eps ** 2 * 4 * op.share * (1 - op.share) for op in ops]
+    changes = [float(scores[op.group].eigvals[op.channel]) * op.eps ** 2 * 4 * op.share * (1 - op.share)
+               for op in ops]
     inventory = apply_plan_(model, inventory, Plan(ops))
     new_cost = estimator.predict(model, input_shape).total
     ft = replace(config.finetune, seed=config.seed * 1000 + step, span=_step_span(config, step))
