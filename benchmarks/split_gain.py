@@ -19,7 +19,7 @@ import csv
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 REPO = Path(__file__).resolve().parent.parent
 NETWORKS = {  # name: (zoo model, width multiplier, activation or None for the zoo's)
@@ -32,14 +32,6 @@ FIELDS = ["network", "eps", "neurons", "predicted", "in_sample", "val", "val_bn"
           "seed_val_loss", "seed_val_acc"]
 
 
-def mean_loss(model, batches) -> float:
-    """Mean cross-entropy over ``batches`` in eval mode."""
-    model.eval()
-    with torch.no_grad():
-        total = sum(F.cross_entropy(model(x), y, reduction="sum").item() for x, y in batches)
-    return total / sum(len(y) for _, y in batches)
-
-
 def split_gain(model, data, eps: float, growth: float = 1.19, seed: int = 0) -> dict:
     """One growth step on a copy of ``model`` at ``eps``, no training after it: predicted and realised loss
     changes (module docstring); ``model`` is left as it is."""
@@ -50,14 +42,15 @@ def split_gain(model, data, eps: float, growth: float = 1.19, seed: int = 0) -> 
 
     zero = TrainConfig(epochs=0.0, progress=False)
     config = GrowConfig(eps=eps, max_steps=1, finetune=zero, final_finetune=zero, seed=seed)
-    scored = scoring_batches(data, config.score_samples, 64, config.seed * 1000 + 1)  # what step 1 scores on
+    batches = scoring_batches(data, config.score_samples, 64, config.seed * 1000 + 1)  # what step 1 scores on
+    scored = TensorDataset(*(torch.cat(t) for t in zip(*batches)))
     estimator = resolve_estimator("mobile")
     grown = copy.deepcopy(model)
-    before_in, before = mean_loss(model, scored), evaluate(model, data.val)
+    before_in, before = evaluate(model, scored).loss, evaluate(model, data.val)
     result = grow(grown, data, estimator, growth * estimator.predict(model, data.input_shape).total, config,
                   log=lambda s: None)
     after = evaluate(result.model, data.val)
-    in_sample = mean_loss(result.model, scored) - before_in
+    in_sample = evaluate(result.model, scored).loss - before_in
     recalibrate_on_(result.model, data.train, 50)
     after_bn = evaluate(result.model, data.val)
     step = result.steps[0]
